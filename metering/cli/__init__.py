@@ -1,0 +1,1 @@
+"""Command-line entry points (`metering`, `billing`), thin shells over the library."""

@@ -1,0 +1,23 @@
+"""`metering`: the operator's command."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from metering.cli import stack
+from metering.cli.demo import demo
+from metering.cli.emit import emit
+
+app = typer.Typer(
+    help="Usage metering and billing pipeline.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(stack.app, name="stack")
+app.command()(emit)
+app.command()(demo)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log client chatter")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)

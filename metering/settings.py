@@ -1,0 +1,36 @@
+"""Typed settings from `METERING_*` environment variables (SPEC §4 plus local-stack knobs)."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from billing.pricing import PriceBook, default_price_book_text
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METERING_", frozen=True)
+
+    kafka_bootstrap: str = "localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    # Default: an embedded chDB store under ./var/clickhouse (used from the ClickHouse issue on).
+    clickhouse_url: str = ""
+    http_port: int = 8080
+    price_book: Path | None = Field(
+        default=None, description="a price-book JSON file; default: the one shipped"
+    )
+    # Local stack and topics (not part of the SPEC contract; documented in the README).
+    var_dir: Path = Path("var")
+    topic_partitions: int = Field(default=12, ge=1, le=1000)
+    kafka_heap: str = "768m"
+
+    @cached_property
+    def resolved_clickhouse_url(self) -> str:
+        return self.clickhouse_url or f"chdb://{(self.var_dir / 'clickhouse').resolve()}"
+
+    def load_price_book(self) -> PriceBook:
+        text = self.price_book.read_text() if self.price_book else default_price_book_text()
+        return PriceBook.from_json(text)

@@ -1,0 +1,185 @@
+"""Account events: everything that changes an org's plan, members, seats, caps or credits.
+
+One envelope (`event_id`, `type`, `org_id`, `occurred_at`, `actor`, `data`) with a `data`
+model per `type` (SPEC §4). The schema checks what can be judged from one event alone;
+whether a change is allowed *now* (a self-serve seat removal mid-term, a cap set by a
+member) depends on the org's state and is judged by the account processor.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Literal, get_args
+
+from pydantic import Field, TypeAdapter, model_validator
+
+from schemas.common import Contract, Id, UtcDatetime
+from schemas.money import NanoUsd, PositiveNanoUsd
+
+
+class Plan(StrEnum):
+    USAGE_BASED = "usage_based"
+    SEAT_BASED = "seat_based"  # legacy (R6)
+
+
+class BillingMode(StrEnum):
+    SELF_SERVE = "self_serve"
+    SALES_ASSISTED = "sales_assisted"
+
+
+class Role(StrEnum):
+    PRIMARY_OWNER = "primary_owner"
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class SeatType(StrEnum):
+    ENTERPRISE = "enterprise"
+    CHAT = "chat"  # legacy usage-based
+    CHAT_CLAUDE_CODE = "chat_claude_code"  # legacy usage-based
+    STANDARD = "standard"  # legacy seat-based
+    PREMIUM = "premium"  # legacy seat-based
+
+
+SEAT_TYPES_BY_PLAN: dict[Plan, frozenset[SeatType]] = {
+    Plan.USAGE_BASED: frozenset({SeatType.ENTERPRISE, SeatType.CHAT, SeatType.CHAT_CLAUDE_CODE}),
+    Plan.SEAT_BASED: frozenset({SeatType.STANDARD, SeatType.PREMIUM}),
+}
+
+MAX_SEATS = 1_000_000
+
+SeatQuantity = Annotated[int, Field(strict=True, ge=1, le=MAX_SEATS)]
+Threshold = Annotated[Decimal, Field(gt=0, le=1, decimal_places=4)]
+DEFAULT_NOTIFICATION_THRESHOLDS = (Decimal("0.5"), Decimal("0.8"), Decimal("1"))
+
+
+class Actor(Contract):
+    user_id: Id
+    role: Role
+
+
+class OrgCreatedData(Contract):
+    plan: Plan
+    billing_mode: BillingMode
+    term_start: date
+    seats: dict[SeatType, Annotated[int, Field(strict=True, ge=0, le=MAX_SEATS)]]
+    extra_usage: bool = False
+    notification_thresholds: Annotated[
+        tuple[Threshold, ...], Field(min_length=1, max_length=10)
+    ] = DEFAULT_NOTIFICATION_THRESHOLDS
+
+    @model_validator(mode="after")
+    def _seats_fit_plan(self) -> OrgCreatedData:
+        allowed = SEAT_TYPES_BY_PLAN[self.plan]
+        wrong = sorted(seat for seat in self.seats if seat not in allowed)
+        if wrong:
+            raise ValueError(f"seat types {wrong} do not belong to plan {self.plan.value}")
+        if self.extra_usage and self.plan is not Plan.SEAT_BASED:
+            raise ValueError("extra_usage only applies to seat_based plans")
+        if len(set(self.notification_thresholds)) != len(self.notification_thresholds):
+            raise ValueError("notification_thresholds must not repeat")
+        return self
+
+
+class MemberData(Contract):
+    user_id: Id
+    role: Role
+    seat_type: SeatType
+
+
+class SeatsData(Contract):
+    seat_type: SeatType
+    quantity: SeatQuantity
+
+
+class CreditsPurchasedData(Contract):
+    purchase_id: Id  # the payment's id: buying twice with one purchase_id credits once
+    amount: PositiveNanoUsd
+
+
+class SpendCapSetData(Contract):
+    user_id: Id | None  # None: the org-wide cap (R14)
+    limit: NanoUsd | None  # None: unlimited (R16); required so "unlimited" is never implied
+
+
+class ContractRenewedData(Contract):
+    term_start: date
+
+
+class NoData(Contract):
+    pass
+
+
+class _Envelope(Contract):
+    event_id: Id
+    org_id: Id
+    occurred_at: UtcDatetime
+    actor: Actor | None  # None: the system itself (e.g. a sales-side contract change)
+
+
+class OrgCreated(_Envelope):
+    type: Literal["org.created"]
+    data: OrgCreatedData
+
+
+class MemberAdded(_Envelope):
+    type: Literal["member.added"]
+    data: MemberData
+
+
+class MemberRemoved(_Envelope):
+    type: Literal["member.removed"]
+    data: MemberData
+
+
+class SeatsAdded(_Envelope):
+    type: Literal["seats.added"]
+    data: SeatsData
+
+
+class SeatsRemoved(_Envelope):
+    type: Literal["seats.removed"]
+    data: SeatsData
+
+
+class CreditsPurchased(_Envelope):
+    type: Literal["credits.purchased"]
+    data: CreditsPurchasedData
+
+
+class SpendCapSet(_Envelope):
+    type: Literal["spend_cap.set"]
+    data: SpendCapSetData
+
+
+class ContractRenewed(_Envelope):
+    type: Literal["contract.renewed"]
+    data: ContractRenewedData
+
+
+class PlanMigrationRequested(_Envelope):
+    type: Literal["plan.migration_requested"]
+    data: NoData = NoData()
+
+
+AccountEvent = Annotated[
+    OrgCreated
+    | MemberAdded
+    | MemberRemoved
+    | SeatsAdded
+    | SeatsRemoved
+    | CreditsPurchased
+    | SpendCapSet
+    | ContractRenewed
+    | PlanMigrationRequested,
+    Field(discriminator="type"),
+]
+
+ACCOUNT_EVENT_ADAPTER: TypeAdapter[AccountEvent] = TypeAdapter(AccountEvent)
+ACCOUNT_EVENT_MODELS: tuple[type[_Envelope], ...] = get_args(get_args(AccountEvent)[0])
+ACCOUNT_EVENT_TYPES: tuple[str, ...] = tuple(
+    get_args(model.model_fields["type"].annotation)[0] for model in ACCOUNT_EVENT_MODELS
+)

@@ -1,0 +1,43 @@
+"""Writes the JSON Schema of every wire model to `schemas/jsonschema/` (`make schemas`).
+
+The files are checked in so that clients in other languages can validate events; a test
+fails when they drift from the models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from schemas.account import ACCOUNT_EVENT_ADAPTER
+from schemas.price_book import PriceBookFile
+from schemas.usage import UsageEvent
+
+OUT_DIR = Path(__file__).parent / "jsonschema"
+
+
+def generated() -> dict[str, str]:
+    """File name → file text, exactly as it should be on disk."""
+    adapters: dict[str, TypeAdapter[Any]] = {
+        "usage_event.v1.json": TypeAdapter(UsageEvent),
+        "account_event.v1.json": ACCOUNT_EVENT_ADAPTER,
+        "price_book.json": TypeAdapter(PriceBookFile),
+    }
+    return {
+        name: json.dumps(adapter.json_schema(mode="validation"), indent=2, sort_keys=True) + "\n"
+        for name, adapter in adapters.items()
+    }
+
+
+def main() -> None:
+    OUT_DIR.mkdir(exist_ok=True)
+    for name, text in generated().items():
+        (OUT_DIR / name).write_text(text)
+        print(f"wrote {OUT_DIR / name}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The usage event: one per model call, produced by product services (SPEC §4)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from schemas.common import Contract, Id, TokenCount, UtcDatetime
+
+USAGE_TOKEN_FIELDS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_creation_input_tokens",
+    "cache_read_input_tokens",
+)
+
+
+class Surface(StrEnum):
+    """Where the call came from. Every surface counts towards the pooled usage (R9)."""
+
+    CHAT_WEB = "chat_web"
+    CHAT_DESKTOP = "chat_desktop"
+    CHAT_MOBILE = "chat_mobile"
+    CLAUDE_CODE = "claude_code"
+    COWORK = "cowork"
+
+
+class UsageEvent(Contract):
+    event_id: Id
+    org_id: Id
+    user_id: Id
+    surface: Surface
+    # Not an enum: a model the price book does not know yet is a billing question
+    # (`unknown_model`, re-drivable once priced), not a malformed event.
+    model: Id
+    input_tokens: TokenCount
+    output_tokens: TokenCount
+    cache_creation_input_tokens: TokenCount = 0
+    cache_read_input_tokens: TokenCount = 0
+    occurred_at: UtcDatetime

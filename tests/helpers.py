@@ -1,0 +1,38 @@
+"""Helpers shared by tests that talk to the real stack."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message
+
+
+def consume(consumer: Consumer, count: int, timeout_s: float = 60.0) -> list[Message]:
+    """Read exactly `count` messages (fails if fewer arrive in time), then make sure no
+    extra message follows within a short grace period."""
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while len(messages) < count and time.monotonic() < deadline:
+        for message in consumer.consume(num_messages=5000, timeout=1.0):
+            if message.error():
+                raise KafkaException(message.error())
+            messages.append(message)
+    assert len(messages) >= count, f"only {len(messages)} of {count} messages arrived"
+    extra = consumer.consume(num_messages=100, timeout=2.0)
+    messages.extend(m for m in extra if not m.error())
+    return messages
+
+
+def body(message: Message) -> Any:
+    """The message's JSON value (fails on a tombstone)."""
+    value = message.value()
+    assert value is not None, "message without a value"
+    return json.loads(value)
+
+
+def key(message: Message) -> str:
+    raw = message.key()
+    assert raw is not None, "message without a key"
+    return raw.decode()
