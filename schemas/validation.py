@@ -6,16 +6,18 @@ dashboards count them and operators re-drive by them. Add codes; never rename on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_json
 
 from schemas.account import ACCOUNT_EVENT_ADAPTER, ACCOUNT_EVENT_TYPES, AccountEvent
 from schemas.usage import USAGE_TOKEN_FIELDS, UsageEvent
+
+_E = TypeVar("_E", UsageEvent, AccountEvent)
 
 # A usage event is ~350 bytes; 16 KiB leaves room for long ids and still refuses
 # anything that is obviously not one event.
@@ -126,30 +128,30 @@ def _check_not_future(occurred_at: datetime, now: datetime) -> None:
         )
 
 
+def _parse(
+    raw: bytes | str | Mapping[str, Any], validate: Callable[[bytes], _E], now: datetime
+) -> _E:
+    wire = _wire_bytes(raw)
+    try:
+        event = validate(wire)
+    except ValidationError as exc:
+        raise invalid_event_from(exc) from None
+    _check_not_future(event.occurred_at, now)
+    return event
+
+
 def parse_usage_event(raw: bytes | str | Mapping[str, Any], *, now: datetime) -> UsageEvent:
     """Validate a usage event from wire bytes (or a mapping of decoded wire JSON).
 
     `now` is injected so that the future-event check is deterministic in tests and replays.
     Raises `InvalidEvent`.
     """
-    raw = _wire_bytes(raw)
-    try:
-        event = UsageEvent.model_validate_json(raw)
-    except ValidationError as exc:
-        raise invalid_event_from(exc) from None
-    _check_not_future(event.occurred_at, now)
-    return event
+    return _parse(raw, UsageEvent.model_validate_json, now)
 
 
 def parse_account_event(raw: bytes | str | Mapping[str, Any], *, now: datetime) -> AccountEvent:
     """Validate an account event (any `type` of SPEC §4). Raises `InvalidEvent`."""
-    raw = _wire_bytes(raw)
-    try:
-        event = ACCOUNT_EVENT_ADAPTER.validate_json(raw)
-    except ValidationError as exc:
-        raise invalid_event_from(exc) from None
-    _check_not_future(event.occurred_at, now)
-    return event
+    return _parse(raw, ACCOUNT_EVENT_ADAPTER.validate_json, now)
 
 
 def encode_event(event: BaseModel) -> bytes:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Message
@@ -36,3 +40,14 @@ def key(message: Message) -> str:
     raw = message.key()
     assert raw is not None, "message without a key"
     return raw.decode()
+
+
+def run_metering(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed `metering` command with extra environment variables."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "metering"), *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +12,7 @@ from confluent_kafka import Consumer
 
 from metering.traffic import TrafficGenerator
 from tests.conftest import RunningStack
-from tests.helpers import body, consume
+from tests.helpers import body, consume, run_metering
 
 
 @pytest.mark.stack
@@ -42,13 +39,8 @@ def test_emit_file_sends_valid_lines_and_reports_rejected_ones(
     topic = topic_factory("emitcmd", partitions=4)
 
     # When the command sends it to a fresh topic
-    env = {**os.environ, "METERING_KAFKA_BOOTSTRAP": stack.bootstrap}
-    result = subprocess.run(
-        [Path(sys.executable).parent / "metering", "emit", str(file), "--usage-topic", topic],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_metering(
+        "emit", str(file), "--usage-topic", topic, METERING_KAFKA_BOOTSTRAP=stack.bootstrap
     )
 
     # Then the 50 good events are on the topic and the two bad lines are reported

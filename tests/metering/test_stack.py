@@ -3,9 +3,6 @@ is never disturbed."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +18,7 @@ from metering.stack.local import LocalStack, State
 from metering.stack.process import StackError
 from metering.stack.redis_server import check_redis_server
 from metering.topics import ACCOUNT_EVENTS, TOPICS
-from tests.helpers import body, consume
+from tests.helpers import body, consume, run_metering
 
 # Ports no default service uses; the private broker's controller takes port + 1.
 PRIVATE_KAFKA = "localhost:19192"
@@ -108,18 +105,12 @@ def test_status_reports_every_component_with_its_endpoint(private_stack: LocalSt
         ("redis", State.DOWN, "localhost:16479"),
     ]
     assert rows[2].name == "clickhouse" and rows[2].state is State.EMBEDDED
-    env = {
-        **os.environ,
-        "METERING_KAFKA_BOOTSTRAP": PRIVATE_KAFKA,
-        "METERING_REDIS_URL": PRIVATE_REDIS,
-        "METERING_VAR_DIR": str(private_stack.settings.var_dir),
-    }
-    result = subprocess.run(
-        [Path(sys.executable).parent / "metering", "stack", "status"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_metering(
+        "stack",
+        "status",
+        METERING_KAFKA_BOOTSTRAP=PRIVATE_KAFKA,
+        METERING_REDIS_URL=PRIVATE_REDIS,
+        METERING_VAR_DIR=str(private_stack.settings.var_dir),
     )
     assert result.returncode == 1
     assert "localhost:19192" in result.stdout and "down" in result.stdout
@@ -127,19 +118,13 @@ def test_status_reports_every_component_with_its_endpoint(private_stack: LocalSt
 
 def test_missing_java_is_one_clear_line(tmp_path: Path) -> None:
     """With no java on PATH, `metering stack up` says what to install, in one line."""
-    env = {
-        **os.environ,
-        "PATH": str(tmp_path),
-        "METERING_KAFKA_BOOTSTRAP": PRIVATE_KAFKA,
-        "METERING_REDIS_URL": PRIVATE_REDIS,
-        "METERING_VAR_DIR": str(tmp_path / "var"),
-    }
-    result = subprocess.run(
-        [Path(sys.executable).parent / "metering", "stack", "up"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
+    result = run_metering(
+        "stack",
+        "up",
+        PATH=str(tmp_path),
+        METERING_KAFKA_BOOTSTRAP=PRIVATE_KAFKA,
+        METERING_REDIS_URL=PRIVATE_REDIS,
+        METERING_VAR_DIR=str(tmp_path / "var"),
     )
     assert result.returncode == 1
     lines = [line for line in result.stderr.splitlines() if line.strip()]
