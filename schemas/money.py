@@ -30,7 +30,8 @@ _MONEY_RE = re.compile(MONEY_PATTERN)
 def parse_usd(text: str) -> int:
     """`"12.5"` → 12_500_000_000. Raises ValueError for anything that is not a plain
     non-negative decimal string with at most nine decimals."""
-    if not isinstance(text, str) or not _MONEY_RE.match(text):
+    # fullmatch: `$` alone would accept a trailing newline ("5\n").
+    if not isinstance(text, str) or not _MONEY_RE.fullmatch(text):
         raise ValueError(f"not a decimal money string: {text!r}")
     return int(Decimal(text) * NANOS_PER_USD)
 
