@@ -4,6 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
+CODE := schemas billing metering tests bench
 
 .PHONY: help install system-deps test lint demo bench stack-up stack-down stack-status schemas clean
 
@@ -34,9 +35,9 @@ test: install system-deps ## Run the whole suite against real Kafka and Redis (s
 	$(BIN)/pytest
 
 lint: install ## ruff + mypy
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy schemas billing metering tests bench
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
+	$(BIN)/mypy $(CODE)
 
 schemas: install ## Regenerate the checked-in JSON Schema files from the models
 	$(PY) -m schemas.export
