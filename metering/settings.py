@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.pricing import PriceBook, default_price_book_text
+from metering.topics import TopicNames
 
 
 class Settings(BaseSettings):
@@ -26,6 +27,14 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     topic_partitions: int = Field(default=12, ge=1, le=1000)
     kafka_heap: str = "768m"
+    # Isolation: a topic-name prefix, a Redis key prefix and the processors' consumer group.
+    topic_namespace: str = ""
+    redis_prefix: str = ""
+    group_id: str = "metering-enforcement"
+
+    @property
+    def topics(self) -> TopicNames:
+        return TopicNames(self.topic_namespace)
 
     @cached_property
     def resolved_clickhouse_url(self) -> str:

@@ -9,6 +9,7 @@ import typer
 from metering.cli import stack
 from metering.cli.demo import demo
 from metering.cli.emit import emit
+from metering.settings import Settings
 
 app = typer.Typer(
     help="Usage metering and billing pipeline.", no_args_is_help=True, add_completion=False
@@ -16,6 +17,17 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.command()(emit)
 app.command()(demo)
+
+
+@app.command()
+def worker(
+    loglevel: str = typer.Option("warning", help="faust log level"),
+) -> None:
+    """Run the stream processors (account + usage) until stopped."""
+    # faust takes a second to import: only this command pays for it.
+    from metering.worker import run_worker  # noqa: PLC0415
+
+    run_worker(Settings(), loglevel)
 
 
 @app.callback()

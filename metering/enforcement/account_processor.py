@@ -1,0 +1,215 @@
+"""Account batches: fold each org's account events into its state and store it with the
+source offset, atomically (G2); refused events are dead-lettered with their reason.
+
+A replay of an already-applied batch (after a crash between the Redis write and the
+offset commit) is recognised by the stored offset and changes nothing; its outputs are
+re-derived from the outcome recorded per event_id.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+from billing.accounts import OrgAccount, Rejected, apply_account_event
+from billing.notifications import SpendSnapshot, UserSpend, due_stops_and_resumes, due_thresholds
+from metering.enforcement.base import BatchProcessor
+from metering.enforcement.keys import OrgKeys
+from metering.enforcement.notify import BatchResult, publish_due
+from metering.enforcement.records import SourceRecord, digest, month_of
+from metering.enforcement.state_codec import (
+    cap_fields,
+    decode_account,
+    encode_account,
+    member_fields,
+    meta_fields,
+)
+from schemas.account import AccountEvent, CreditsPurchased
+from schemas.validation import InvalidEvent, Reason, parse_account_event
+
+ACCEPTED = "ok"
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    record: SourceRecord
+    event: AccountEvent
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [str(len(fields))] + [part for item in sorted(fields.items()) for part in item]
+
+
+class AccountProcessor(BatchProcessor):
+    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        result = BatchResult()
+        groups: dict[tuple[str, int], list[_Parsed]] = defaultdict(list)
+        for record in records:
+            try:
+                if record.value is None:
+                    raise InvalidEvent(Reason.MALFORMED_JSON, "record has no value")
+                event = parse_account_event(record.value, now=record.received_at)
+            except InvalidEvent as exc:
+                self._reject(result, record, exc.reason.value, exc.detail, None)
+                continue
+            groups[(event.org_id, record.partition)].append(_Parsed(record, event))
+        if not groups:
+            return result
+
+        ordered = list(groups.items())
+        load = self._redis.pipeline(transaction=False)
+        for (org_id, partition), parsed in ordered:
+            keys = OrgKeys(self._prefix, org_id)
+            load.get(keys.account)
+            load.hget(keys.offsets, f"account:{partition}")
+            load.hmget(keys.account_ids, [p.event.event_id for p in parsed])
+        loaded = await load.execute()
+
+        write = self._redis.pipeline(transaction=False)
+        changed: dict[str, tuple[OrgAccount, SourceRecord]] = {}
+        for index, ((org_id, partition), parsed) in enumerate(ordered):
+            raw_state, raw_offset, raw_marks = loaded[3 * index : 3 * index + 3]
+            state = decode_account(raw_state)
+            stored_offset = int(raw_offset) if raw_offset is not None else -1
+            marks = {
+                p.event.event_id: m.decode()
+                for p, m in zip(parsed, raw_marks, strict=True)
+                if m is not None
+            }
+            new_marks: dict[str, str] = {}
+            balance_delta = 0
+            for item in parsed:
+                state, delta = self._fold_one(
+                    item,
+                    state=state,
+                    stored_offset=stored_offset,
+                    marks=marks,
+                    new_marks=new_marks,
+                    result=result,
+                )
+                balance_delta += delta
+            last_offset = parsed[-1].record.offset
+            if last_offset > stored_offset and state is not None:
+                args: list[Any] = [
+                    partition,
+                    last_offset,
+                    encode_account(state).decode(),
+                    balance_delta,
+                ]
+                args += _flat(meta_fields(state)) + _flat(member_fields(state))
+                args += _flat(cap_fields(state)) + _flat(new_marks)
+                await self._scripts.apply_account(
+                    keys=[OrgKeys(self._prefix, org_id).base], args=args, client=write
+                )
+                changed[org_id] = (state, parsed[-1].record)
+        await write.execute()
+        await self._reevaluate(changed, result)
+        return result
+
+    def _fold_one(
+        self,
+        item: _Parsed,
+        *,
+        state: OrgAccount | None,
+        stored_offset: int,
+        marks: dict[str, str],
+        new_marks: dict[str, str],
+        result: BatchResult,
+    ) -> tuple[OrgAccount | None, int]:
+        """Apply one event; returns the new state and the credit it adds to the balance."""
+        event, record = item.event, item.record
+        fingerprint = digest(event)
+        position = f"{record.partition}|{record.offset}"
+        previous = new_marks.get(event.event_id) or marks.get(event.event_id)
+        if previous is not None:
+            p_digest, p_partition, p_offset, recorded = previous.split("|", 3)
+            if p_digest != fingerprint:
+                self._reject(
+                    result,
+                    record,
+                    Reason.EVENT_ID_CONFLICT.value,
+                    "this event_id was applied with another payload",
+                    event.event_id,
+                )
+            elif f"{p_partition}|{p_offset}" == position and recorded != ACCEPTED:
+                reason, _, detail = recorded.partition(":")
+                self._reject(result, record, reason, detail, event.event_id)  # replayed refusal
+            else:
+                result.duplicates += record.offset > stored_offset
+            return state, 0
+        if record.offset <= stored_offset:
+            # Applied before, but its mark is missing: cannot happen, since the mark is
+            # written in the same script as the state. Refuse loudly rather than guess.
+            raise RuntimeError(f"account event {event.event_id} at {position} has no outcome mark")
+        outcome = apply_account_event(state, event)
+        if isinstance(outcome, Rejected):
+            self._reject(result, record, outcome.reason.value, outcome.detail, event.event_id)
+            new_marks[event.event_id] = (
+                f"{fingerprint}|{position}|{outcome.reason.value}:{outcome.detail}"
+            )
+            return state, 0
+        new_marks[event.event_id] = f"{fingerprint}|{position}|{ACCEPTED}"
+        result.accepted += 1
+        credit = event.data.amount if isinstance(event, CreditsPurchased) else 0
+        return outcome, credit
+
+    async def _reevaluate(
+        self, changed: dict[str, tuple[OrgAccount, SourceRecord]], result: BatchResult
+    ) -> None:
+        """A cap raised or credits bought lift blocks at once (R16): re-decide the stops
+        and thresholds of each changed org for the month of the change."""
+        if not changed:
+            return
+        read = self._redis.pipeline(transaction=False)
+        months = {}
+        for org_id, (_state, record) in changed.items():
+            keys = OrgKeys(self._prefix, org_id)
+            month = months[org_id] = month_of(record.received_at)
+            read.hgetall(keys.spend(month))
+            read.get(keys.balance)
+            read.smembers(keys.stopped)
+            read.smembers(keys.notified(month))
+        replies = await read.execute()
+        for index, (org_id, (state, _record)) in enumerate(changed.items()):
+            spend_hash, balance, stopped, notified = replies[4 * index : 4 * index + 4]
+            snapshot = self._snapshot(state, months[org_id], spend_hash, balance)
+            keys = OrgKeys(self._prefix, org_id)
+            stops, resumes = due_stops_and_resumes(
+                snapshot, {s.decode() for s in stopped}, usage_driven=False
+            )
+            thresholds = due_thresholds(snapshot, {n.decode() for n in notified})
+            publish_due(
+                self._topics, org_id, thresholds, ("sadd", keys.notified(months[org_id])), result
+            )
+            publish_due(self._topics, org_id, stops, ("sadd", keys.stopped), result)
+            publish_due(self._topics, org_id, resumes, ("srem", keys.stopped), result)
+
+    def _snapshot(
+        self, state: OrgAccount, month: str, spend_hash: dict[bytes, bytes], balance: bytes | None
+    ) -> SpendSnapshot:
+        spend = {k.decode(): int(v) for k, v in spend_hash.items()}
+        day = date.fromisoformat(f"{month}-01")
+        users = {}
+        for user_id, member in state.members.items():
+            users[user_id] = UserSpend(
+                spend_nano_usd=spend.get(f"u:{user_id}", 0),
+                cap_nano_usd=state.user_caps_nano_usd.get(user_id),
+                allowance_used_nano_usd=spend.get(f"a:{user_id}", 0),
+                allowance_nano_usd=self._book.seat_price(member.seat, day).monthly_usage_allowance,
+            )
+        return SpendSnapshot(
+            org_id=state.org_id,
+            month=month,
+            plan=state.plan,
+            billing_mode=state.billing_mode,
+            extra_usage=state.extra_usage,
+            thresholds=state.thresholds,
+            org_spend_nano_usd=spend.get("org", 0),
+            org_cap_nano_usd=state.org_cap_nano_usd,
+            balance_nano_usd=int(balance) if balance is not None else 0,
+            purchases=len(state.purchases),
+            users=users,
+        )

@@ -1,0 +1,69 @@
+"""Redis key layout. Every key of an org shares the `{org_id}` hash tag, so one Lua
+script can touch all of them and Redis Cluster keeps them on one node (G6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OrgKeys:
+    prefix: str  # "" in production; a unique prefix per test
+    org_id: str
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}{{{self.org_id}}}"
+
+    @property
+    def account(self) -> str:
+        """JSON of the folded OrgAccount (the account processor's own state)."""
+        return f"{self.base}:account"
+
+    @property
+    def meta(self) -> str:
+        """Hash: plan, billing_mode, extra_usage, org_cap, thresholds (hot-path copy)."""
+        return f"{self.base}:meta"
+
+    @property
+    def members(self) -> str:
+        """Hash: user_id → "seat|role"."""
+        return f"{self.base}:members"
+
+    @property
+    def caps(self) -> str:
+        """Hash: user_id → cap in nano-USD (absent: unlimited)."""
+        return f"{self.base}:caps"
+
+    @property
+    def balance(self) -> str:
+        """Integer: prepaid credit balance in nano-USD (self-serve; may go negative)."""
+        return f"{self.base}:balance"
+
+    @property
+    def offsets(self) -> str:
+        """Hash: "account:<partition>" → last applied offset of this org's account events."""
+        return f"{self.base}:offsets"
+
+    @property
+    def account_ids(self) -> str:
+        """Hash: account event_id → "digest|partition|offset|outcome"."""
+        return f"{self.base}:account_ids"
+
+    @property
+    def stopped(self) -> str:
+        """Set of "month|reason|subject" stop conditions already notified."""
+        return f"{self.base}:stopped"
+
+    def spend(self, month: str) -> str:
+        """Hash for one UTC month: org → billed; u:<user> → billed; a:<user> → allowance
+        used; t:<user> → total cost (billed + included)."""
+        return f"{self.base}:spend:{month}"
+
+    def usage_ids(self, month: str) -> str:
+        """Hash: usage event_id → "digest|partition|offset|included_nano_usd"."""
+        return f"{self.base}:ids:{month}"
+
+    def notified(self, month: str) -> str:
+        """Set of "subject|threshold" notified this month (R17)."""
+        return f"{self.base}:notified:{month}"

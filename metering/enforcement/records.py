@@ -1,0 +1,69 @@
+"""What a processor reads and writes, independent of the Kafka client that carries it."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from schemas.outputs import DeadLetter
+from schemas.validation import encode_event
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    """One consumed Kafka record."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int  # broker append time on the input topics (LogAppendTime)
+
+    @property
+    def received_at(self) -> datetime:
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OutputMessage:
+    topic: str
+    key: str
+    value: bytes
+
+
+def digest(event: BaseModel) -> str:
+    """Fingerprint of an event's canonical form: the same event_id with another payload
+    is a conflict, with the same payload a duplicate (G1)."""
+    return hashlib.sha256(encode_event(event)).hexdigest()[:32]
+
+
+def dead_letter(
+    record: SourceRecord, reason: str, detail: str, event_id: str | None = None
+) -> DeadLetter:
+    raw = record.value or b""
+    encoding: Literal["utf-8", "base64"]
+    try:
+        payload, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        payload, encoding = base64.b64encode(raw).decode(), "base64"
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        key=record.key.decode("utf-8", "replace") if record.key is not None else None,
+        event_id=event_id,
+        payload=payload,
+        payload_encoding=encoding,
+    )
+
+
+def month_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m")

@@ -1,0 +1,204 @@
+"""Usage batches: validate, de-duplicate, price, apply to Redis, decide outputs.
+
+One call handles one consumed batch. Redis sees one pipelined round trip of Lua scripts
+(one per org and partition: a script may only touch one hash slot) and, only when a
+notification became due, a second one that records it after it was published.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from billing.accounts import Member
+from billing.notifications import (
+    SpendSnapshot,
+    UserSpend,
+    due_stops_and_resumes,
+    due_thresholds,
+    evaluated_scopes,
+)
+from billing.pricing import PriceBook, UnknownModel, price_usage
+from metering.enforcement.base import BatchProcessor
+from metering.enforcement.keys import OrgKeys
+from metering.enforcement.notify import BatchResult, publish_due
+from metering.enforcement.records import (
+    OutputMessage,
+    SourceRecord,
+    digest,
+    month_of,
+)
+from metering.enforcement.state_codec import decode_member
+from schemas.account import BillingMode, Plan, SeatType
+from schemas.outputs import PricedUsage
+from schemas.usage import UsageEvent
+from schemas.validation import InvalidEvent, Reason, encode_event, parse_usage_event
+
+LEGACY_ALLOWANCE_SEATS = (SeatType.STANDARD, SeatType.PREMIUM)
+
+
+@dataclass(frozen=True)
+class _Valid:
+    record: SourceRecord
+    event: UsageEvent
+    cost_nano_usd: int
+    price_version: date
+    allowances: str
+
+
+def _allowance_spec(book: PriceBook, day: date) -> str:
+    prices = [
+        (seat, book.seat_price(seat, day).monthly_usage_allowance)
+        for seat in LEGACY_ALLOWANCE_SEATS
+    ]
+    return ",".join(f"{seat.value}={amount}" for seat, amount in prices)
+
+
+def _as_set(value: Any) -> set[str]:
+    # cjson encodes an empty Lua table as {} rather than [].
+    return set(value) if isinstance(value, list) else set()
+
+
+class UsageProcessor(BatchProcessor):
+    def _validate(self, record: SourceRecord, result: BatchResult) -> _Valid | None:
+        def reject(reason: str, detail: str, event_id: str | None = None) -> None:
+            self._reject(result, record, reason, detail, event_id)
+
+        if record.value is None:
+            reject(Reason.MALFORMED_JSON.value, "record has no value")
+            return None
+        try:
+            event = parse_usage_event(record.value, now=record.received_at)
+        except InvalidEvent as exc:
+            reject(exc.reason.value, exc.detail)
+            return None
+        try:
+            priced = price_usage(event, self._book)
+        except UnknownModel as exc:
+            reject(exc.reason.value, exc.detail, event.event_id)
+            return None
+        day = event.occurred_at.date()
+        return _Valid(
+            record,
+            event,
+            priced.cost_nano_usd,
+            priced.price_version,
+            _allowance_spec(self._book, day),
+        )
+
+    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        result = BatchResult()
+        groups: dict[tuple[str, int], list[_Valid]] = defaultdict(list)
+        for record in records:
+            valid = self._validate(record, result)
+            if valid is not None:
+                groups[(valid.event.org_id, record.partition)].append(valid)
+        if not groups:
+            return result
+
+        pipe = self._redis.pipeline(transaction=False)
+        ordered = list(groups.items())
+        for (org_id, partition), events in ordered:
+            args: list[Any] = [partition]
+            for v in events:
+                args += [
+                    v.record.offset,
+                    v.event.event_id,
+                    digest(v.event),
+                    month_of(v.event.occurred_at),
+                    v.event.user_id,
+                    v.cost_nano_usd,
+                    v.allowances,
+                ]
+            await self._scripts.apply_usage(
+                keys=[OrgKeys(self._prefix, org_id).base], args=args, client=pipe
+            )
+        replies = await pipe.execute()
+
+        for ((org_id, _partition), events), reply in zip(ordered, replies, strict=True):
+            state = json.loads(reply)
+            self._outcomes(events, state["outcomes"], result)
+            if "months" in state:
+                self._notifications(org_id, events, state, result)
+        return result
+
+    def _outcomes(self, events: list[_Valid], outcomes: list[str], result: BatchResult) -> None:
+        for valid, outcome in zip(events, outcomes, strict=True):
+            code, _, included_text = outcome.partition("|")
+            if code in {"A", "R"}:
+                included = int(included_text)
+                priced = PricedUsage(
+                    event=valid.event,
+                    cost_nano_usd=valid.cost_nano_usd,
+                    included_nano_usd=included,
+                    billed_nano_usd=valid.cost_nano_usd - included,
+                    price_version=valid.price_version,
+                    source_partition=valid.record.partition,
+                    source_offset=valid.record.offset,
+                )
+                result.outputs.append(
+                    OutputMessage(
+                        self._topics.usage_priced, valid.event.org_id, encode_event(priced)
+                    )
+                )
+                result.accepted += 1
+            elif code == "D":
+                result.duplicates += 1
+                result.accepted += 1  # the same event, counted once (G1)
+            else:
+                reason, detail = {
+                    "C": (
+                        Reason.EVENT_ID_CONFLICT,
+                        "this event_id was accepted with another payload",
+                    ),
+                    "U": (Reason.UNKNOWN_ORG, f"no org.created seen for {valid.event.org_id}"),
+                }[code]
+                self._reject(result, valid.record, reason.value, detail, valid.event.event_id)
+
+    def _notifications(
+        self, org_id: str, events: list[_Valid], state: dict[str, Any], result: BatchResult
+    ) -> None:
+        meta = state["meta"]
+        keys = OrgKeys(self._prefix, org_id)
+        recorded_stops = _as_set(state["stopped"])
+        for month, numbers in sorted(state["months"].items()):
+            day = date.fromisoformat(f"{month}-01")
+            users = {}
+            for user_id, u in numbers["users"].items():
+                member: Member | None = decode_member(u["member"] or None)
+                allowance = (
+                    self._book.seat_price(member.seat, day).monthly_usage_allowance if member else 0
+                )
+                users[user_id] = UserSpend(
+                    spend_nano_usd=int(u["spend"]),
+                    cap_nano_usd=int(u["cap"]) if u["cap"] else None,
+                    allowance_used_nano_usd=int(u["allowance_used"]),
+                    allowance_nano_usd=allowance,
+                )
+            snapshot = SpendSnapshot(
+                org_id=org_id,
+                month=month,
+                plan=Plan(meta["plan"]),
+                billing_mode=BillingMode(meta["billing_mode"]),
+                extra_usage=meta.get("extra_usage") == "1",
+                thresholds=tuple(Decimal(t) for t in json.loads(meta["thresholds"])),
+                org_spend_nano_usd=int(numbers["org"]),
+                org_cap_nano_usd=int(meta["org_cap"]) if meta.get("org_cap") else None,
+                balance_nano_usd=int(state["balance"]),
+                purchases=int(meta.get("purchases", "0")),
+                users=users,
+            )
+            thresholds = due_thresholds(snapshot, _as_set(numbers["notified"]))
+            stopped, resumed = due_stops_and_resumes(
+                snapshot, recorded_stops, evaluated_scopes(snapshot)
+            )
+            publish_due(self._topics, org_id, thresholds, ("sadd", keys.notified(month)), result)
+            publish_due(self._topics, org_id, stopped, ("sadd", keys.stopped), result)
+            publish_due(self._topics, org_id, resumed, ("srem", keys.stopped), result)
+            recorded_stops |= {d.mark for d in stopped}
+            recorded_stops -= {d.mark for d in resumed}

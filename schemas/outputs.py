@@ -1,0 +1,62 @@
+"""What the pipeline writes: priced usage, dead letters, notifications (SPEC §4 topics)."""
+
+from __future__ import annotations
+
+from datetime import date
+from enum import StrEnum
+from typing import Literal
+
+from schemas.common import Contract, Id
+from schemas.usage import UsageEvent
+
+
+class PricedUsage(Contract):
+    """`usage.priced.v1`: an accepted event with its exact cost.
+
+    Per-event amounts are integers of nano-USD (well below 2^53, exact in any JSON
+    parser); `billed` is what the org pays for it: the whole cost, except on seat-based
+    seats where the part inside the member's monthly allowance is `included` (R6).
+    """
+
+    event: UsageEvent
+    cost_nano_usd: int
+    included_nano_usd: int
+    billed_nano_usd: int
+    price_version: date
+    source_partition: int
+    source_offset: int
+
+
+class DeadLetter(Contract):
+    """`usage.deadletter.v1`: rejected input, with enough to find and re-drive it."""
+
+    reason: str
+    detail: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: str | None
+    event_id: str | None
+    payload: str  # the original bytes, as UTF-8 text, or base64 when not valid UTF-8
+    payload_encoding: Literal["utf-8", "base64"]
+
+
+class NotificationKind(StrEnum):
+    THRESHOLD_REACHED = "threshold_reached"
+    STOPPED = "stopped"
+    RESUMED = "resumed"
+
+
+class Notification(Contract):
+    """`billing.notifications.v1`. `notification_id` is deterministic: a consumer that
+    sees one twice (a replay after a crash) can drop the second (R17)."""
+
+    notification_id: str
+    kind: NotificationKind
+    org_id: Id
+    user_id: Id | None  # None: about the org as a whole
+    month: str | None  # YYYY-MM; None for the credit balance, which is not monthly
+    threshold: str | None = None  # fraction of the cap, e.g. "0.8"
+    reason: str | None = None  # for stopped/resumed: the block reason
+    spend_nano_usd: int | None = None
+    cap_nano_usd: int | None = None

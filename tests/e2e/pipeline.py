@@ -1,0 +1,202 @@
+"""A private pipeline for one test: namespaced topics, a Redis key prefix, a consumer
+group, and a real `metering worker` process running against them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from confluent_kafka import Consumer, KafkaException, Producer
+from redis.asyncio import Redis as AsyncRedis
+
+from billing.enforcement import Decision
+from metering.emitter import Emitter
+from metering.gate import Gate, UnknownOrgError
+from metering.settings import Settings
+from metering.topics import TopicNames, admin_client, ensure_topics
+
+PARTITIONS = 4
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    _seen: dict[str, list[Any]] = field(default_factory=dict)
+    _consumer: Consumer | None = None
+
+    @property
+    def topics(self) -> TopicNames:
+        return self.settings.topics
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "METERING_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "METERING_REDIS_URL": s.redis_url,
+            "METERING_TOPIC_NAMESPACE": s.topic_namespace,
+            "METERING_REDIS_PREFIX": s.redis_prefix,
+            "METERING_GROUP_ID": s.group_id,
+        }
+
+    # -- the worker ------------------------------------------------------------
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = self.log_path.open("ab")
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "metering"), "worker"],
+            env={**os.environ, **self.env()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.process = process
+        return process
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    # -- input -------------------------------------------------------------------
+    def emitter(self, now: datetime | None = None) -> Emitter:
+        clock = (lambda: now) if now else (lambda: datetime.now(UTC))
+        return Emitter(
+            self.settings.kafka_bootstrap,
+            usage_topic=self.topics.usage_events,
+            account_topic=self.topics.account_events,
+            clock=clock,
+        )
+
+    def send_raw(self, topic: str, values: list[bytes], key: bytes = b"org") -> None:
+        producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap})
+        for value in values:
+            producer.produce(topic, value=value, key=key)
+        assert producer.flush(30) == 0
+
+    # -- output ------------------------------------------------------------------
+    def _reader(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap,
+                    "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
+            )
+            self._consumer.subscribe(
+                [self.topics.usage_priced, self.topics.usage_deadletter, self.topics.notifications]
+            )
+        return self._consumer
+
+    def outputs(self, topic: str) -> list[Any]:
+        """Everything read so far from an output topic (JSON-decoded)."""
+        return self._seen.get(topic, [])
+
+    def wait_for(self, predicate: Any, timeout_s: float = 60.0, what: str = "") -> None:
+        """Read output topics until `predicate(self)` holds."""
+        deadline = time.monotonic() + timeout_s
+        reader = self._reader()
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                counts = {t: len(v) for t, v in self._seen.items()}
+                raise AssertionError(f"timed out waiting for {what or predicate}; seen {counts}")
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(
+                    f"worker exited with {self.process.returncode}; see {self.log_path}"
+                )
+            for message in reader.consume(num_messages=1000, timeout=0.2):
+                if message.error():
+                    raise KafkaException(message.error())
+                value = message.value()
+                assert value is not None
+                self._seen.setdefault(message.topic() or "", []).append(json.loads(value))
+
+    def priced(self) -> list[Any]:
+        return self.outputs(self.topics.usage_priced)
+
+    def dead(self) -> list[Any]:
+        return self.outputs(self.topics.usage_deadletter)
+
+    def notifications(self) -> list[Any]:
+        return self.outputs(self.topics.notifications)
+
+    def gate(self, org_id: str, user_id: str, surface: str = "chat_web") -> str | None:
+        """The gate's answer now: None if allowed, else the reason."""
+
+        async def check() -> Decision:
+            client = AsyncRedis.from_url(self.settings.redis_url)
+            try:
+                gate = Gate(
+                    client,
+                    self.settings.load_price_book(),
+                    lambda: datetime.now(UTC),
+                    self.settings.redis_prefix,
+                )
+                return await gate.check(org_id, user_id, surface)
+            finally:
+                await client.aclose()
+
+        try:
+            decision = asyncio.run(check())
+        except UnknownOrgError:
+            return "(unknown org)"
+        return decision.reason.value if decision.reason else None
+
+    def wait_for_gate(
+        self,
+        org_id: str,
+        user_id: str,
+        expected: str | None,
+        surface: str = "chat_web",
+        timeout_s: float = 30.0,
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while (answer := self.gate(org_id, user_id, surface)) != expected:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"gate says {answer!r}, expected {expected!r}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop_worker()
+        if self._consumer is not None:
+            self._consumer.close()
+
+
+def new_pipeline(base: Settings, log_dir: Path) -> Pipeline:
+    tag = uuid.uuid4().hex[:10]
+    settings = base.model_copy(
+        update={
+            "topic_namespace": f"t{tag}.",
+            "redis_prefix": f"t{tag}:",
+            "group_id": f"metering-test-{tag}",
+        }
+    )
+    ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())
+    return Pipeline(settings, log_dir / f"worker-{tag}.log")
+
+
+def cleanup(pipeline: Pipeline) -> None:
+    pipeline.close()
+    client = redis.Redis.from_url(pipeline.settings.redis_url)
+    keys = list(client.scan_iter(match=f"{pipeline.settings.redis_prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    admin = admin_client(pipeline.settings.kafka_bootstrap)
+    admin.delete_topics([spec.name for spec in pipeline.topics.specs()])

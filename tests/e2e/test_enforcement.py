@@ -1,0 +1,200 @@
+"""Real-time enforcement end to end: events through Kafka, a real `metering worker`,
+state in Redis, answers from the gate."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tests.e2e.pipeline import Pipeline
+from tests.e2e.scenario import OWNER, account, new_org, spend, usage
+
+pytestmark = pytest.mark.stack
+
+
+def test_user_cap_blocks_then_raising_it_resumes(pipeline: Pipeline) -> None:
+    """A member with a 5.00 cap is stopped once their spend reaches 5.00 (not before),
+    notified at 50/80/100 % once each; raising the cap lets them resume at once."""
+    # Given a self-serve org with credits and a 5.00 cap on u1
+    org = "org_cap"
+    pipeline.start_worker()
+    with pipeline.emitter() as emit:
+        for event in new_org(org):
+            emit.emit_account(event)
+        emit.emit_account(account(org, "spend_cap.set", {"user_id": "u1", "limit": "5.00"}))
+    pipeline.wait_for_gate(org, "u1", None)
+
+    # When u1 spends 4.00: still allowed, 50 % notified
+    with pipeline.emitter() as emit:
+        emit.emit_usage(spend(org, "u1", 4))
+    pipeline.wait_for(lambda p: len(p.priced()) == 1)
+    assert pipeline.gate(org, "u1") is None
+    # …and 1.00 more reaches the cap exactly
+    with pipeline.emitter() as emit:
+        emit.emit_usage(spend(org, "u1", 1))
+    pipeline.wait_for_gate(org, "u1", "user_cap_reached")
+    assert pipeline.gate(org, "u2") is None  # others are not affected
+
+    # Then each threshold was notified once, plus one stop
+    pipeline.wait_for(
+        lambda p: any(n["kind"] == "stopped" and n["user_id"] == "u1" for n in p.notifications())
+    )
+    kinds = Counter((n["kind"], n["user_id"], n["threshold"]) for n in pipeline.notifications())
+    assert kinds == {
+        ("threshold_reached", "u1", "0.5"): 1,
+        ("threshold_reached", "u1", "0.8"): 1,
+        ("threshold_reached", "u1", "1"): 1,
+        ("stopped", "u1", None): 1,
+    }
+
+    # When the owner lifts the cap to unlimited, u1 resumes at once
+    with pipeline.emitter() as emit:
+        emit.emit_account(account(org, "spend_cap.set", {"user_id": "u1", "limit": None}))
+    pipeline.wait_for_gate(org, "u1", None)
+    pipeline.wait_for(
+        lambda p: any(n["kind"] == "resumed" and n["user_id"] == "u1" for n in p.notifications())
+    )
+
+
+def test_credits_exhausted_then_a_purchase_resumes(pipeline: Pipeline) -> None:
+    """Self-serve: the org's 10.00 of credits run out (an in-flight event takes the
+    balance below zero); everyone stops; a purchase lets everyone resume."""
+    org = "org_credits"
+    pipeline.start_worker()
+    with pipeline.emitter() as emit:
+        for event in new_org(org, credits="10.00"):
+            emit.emit_account(event)
+    pipeline.wait_for_gate(org, "u1", None)
+    with pipeline.emitter() as emit:
+        emit.emit_usage(spend(org, "u1", 6))
+        emit.emit_usage(spend(org, "u2", 6))
+    pipeline.wait_for_gate(org, "u1", "credits_exhausted")
+    assert pipeline.gate(org, "u2") == "credits_exhausted"
+    with pipeline.emitter() as emit:
+        emit.emit_account(
+            account(org, "credits.purchased", {"purchase_id": "pay-2", "amount": "1.00"})
+        )
+    # The 2.00 deficit is settled from the purchase: still below zero, still stopped.
+    pipeline.wait_for(lambda p: True, timeout_s=1)
+    with pipeline.emitter() as emit:
+        emit.emit_account(
+            account(org, "credits.purchased", {"purchase_id": "pay-3", "amount": "5.00"})
+        )
+    pipeline.wait_for_gate(org, "u1", None)
+    assert pipeline.gate(org, "u2") is None
+
+
+def test_org_cap_and_the_lower_of_two_caps(pipeline: Pipeline) -> None:
+    """Sales-assisted: an org cap of 10.00 and a user cap of 20.00 — the org cap, the lower,
+    stops everyone once the org's spend reaches it."""
+    org = "org_orgcap"
+    pipeline.start_worker()
+    with pipeline.emitter() as emit:
+        for event in new_org(org, mode="sales_assisted"):
+            emit.emit_account(event)
+        emit.emit_account(account(org, "spend_cap.set", {"user_id": None, "limit": "10.00"}))
+        emit.emit_account(account(org, "spend_cap.set", {"user_id": "u1", "limit": "20.00"}))
+    pipeline.wait_for_gate(org, "u1", None)
+    with pipeline.emitter() as emit:
+        emit.emit_usage(spend(org, "u1", 7))
+        emit.emit_usage(spend(org, "u2", 3))
+    pipeline.wait_for_gate(org, "u1", "org_cap_reached")
+    assert pipeline.gate(org, "u2") == "org_cap_reached"
+
+
+def test_surface_and_seat_allowance(pipeline: Pipeline) -> None:
+    """A standard seat (chat only, 25.00 of usage included) is refused claude_code, and
+    is stopped when the allowance is used up; with extra usage enabled it goes on, billed."""
+    pipeline.start_worker()
+    with pipeline.emitter() as emit:
+        for event in new_org("org_std", plan="seat_based", mode="sales_assisted", seat="standard"):
+            emit.emit_account(event)
+        for event in new_org(
+            "org_extra", plan="seat_based", mode="sales_assisted", seat="standard", extra_usage=True
+        ):
+            emit.emit_account(event)
+    pipeline.wait_for_gate("org_std", "u1", None)
+    assert pipeline.gate("org_std", "u1", "claude_code") == "surface_not_in_seat"
+    with pipeline.emitter() as emit:
+        for org in ("org_std", "org_extra"):
+            emit.emit_usage(spend(org, "u1", 20))
+            emit.emit_usage(spend(org, "u1", 8))  # crosses the 25.00 allowance: 3.00 extra
+    pipeline.wait_for(lambda p: len(p.priced()) == 4)
+    pipeline.wait_for_gate("org_std", "u1", "seat_allowance_exhausted")
+    assert pipeline.gate("org_extra", "u1") is None
+    billed = {(e["event"]["org_id"], e["billed_nano_usd"]) for e in pipeline.priced()}
+    assert billed == {
+        ("org_std", 0),
+        ("org_std", 3 * 10**9),
+        ("org_extra", 0),
+        ("org_extra", 3 * 10**9),
+    }
+
+
+def test_refused_account_changes_are_dead_lettered_and_change_nothing(pipeline: Pipeline) -> None:
+    """A member setting a cap (R14) and a self-serve seat removal (R5) are refused with a
+    reason; the member is not capped."""
+    org = "org_refuse"
+    pipeline.start_worker()
+    with pipeline.emitter() as emit:
+        for event in new_org(org):
+            emit.emit_account(event)
+        emit.emit_account(
+            account(
+                org,
+                "spend_cap.set",
+                {"user_id": "u1", "limit": "0.00"},
+                actor={"user_id": "u2", "role": "owner"},
+            )
+        )  # claims owner
+        emit.emit_account(
+            account(org, "seats.removed", {"seat_type": "enterprise", "quantity": 1}, actor=OWNER)
+        )
+    pipeline.wait_for(lambda p: len(p.dead()) == 2)
+    assert sorted(d["reason"] for d in pipeline.dead()) == ["not_permitted", "seat_removal_refused"]
+    assert all(d["source_topic"] == pipeline.topics.account_events for d in pipeline.dead())
+    assert pipeline.gate(org, "u1") is None
+
+
+def test_duplicates_count_once_and_conflicts_are_dead_lettered(pipeline: Pipeline) -> None:
+    """The same event sent 100 times is priced once; the same id with another payload is
+    dead-lettered event_id_conflict; bad input of every class is dead-lettered with its
+    reason; accepted + dead-lettered = produced."""
+    org = "org_dupes"
+    pipeline.start_worker()
+    with pipeline.emitter() as emit:
+        for event in new_org(org, credits="1000.00"):
+            emit.emit_account(event)
+    pipeline.wait_for_gate(org, "u1", None)
+    once = spend(org, "u1", 1, event_id="evt-same")
+    conflict = {**once, "input_tokens": 5}
+    with pipeline.emitter() as emit:
+        for _ in range(100):
+            emit.emit_usage(once)
+        emit.emit_usage(conflict)
+        emit.emit_usage(usage(org, "u1", input_tokens=10, model="gpt-unknown"))
+        emit.emit_usage(usage("org_nobody", "u1", input_tokens=10))
+        emit.emit_usage(usage(org, "stranger", input_tokens=1_000_000, model="claude-haiku-4-5"))
+    bad = [b"{not json", b'{"event_id": "x"}', b"\xff\xfe", b'{"a": ' + b"1" * 20_000 + b"}"]
+    pipeline.send_raw(pipeline.topics.usage_events, bad, key=org.encode())
+    produced = 100 + 1 + 3 + len(bad)
+
+    pipeline.wait_for(lambda p: len(p.priced()) == 2 and len(p.dead()) == 7)
+    reasons = Counter(d["reason"] for d in pipeline.dead())
+    assert reasons == {
+        "event_id_conflict": 1,
+        "unknown_model": 1,
+        "unknown_org": 1,
+        "malformed_json": 2,
+        "missing_field": 1,
+        "payload_too_large": 1,
+    }
+    duplicates = 99
+    assert len(pipeline.priced()) + duplicates + len(pipeline.dead()) == produced
+    assert {e["event"]["event_id"] for e in pipeline.priced()} >= {"evt-same"}
+    # The stranger's usage is billed to the org, and the gate refuses the stranger.
+    assert pipeline.gate(org, "stranger") == "unknown_member"
+    letter = next(d for d in pipeline.dead() if d["reason"] == "malformed_json")
+    assert letter["source_topic"] == pipeline.topics.usage_events
+    assert isinstance(letter["source_offset"], int)
