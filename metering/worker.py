@@ -92,6 +92,10 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=BATCH_SIZE * 2,
         producer_acks=-1,
+        # A killed worker's partitions move to the others after 10 s, not faust's 60 s.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        broker_rebalance_timeout=20.0,
     )
     client = Redis.from_url(settings.redis_url)
     book = settings.load_price_book()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from redis.asyncio import Redis as AsyncRedis
 
 from billing.enforcement import Decision
@@ -127,6 +127,36 @@ class Pipeline:
                 value = message.value()
                 assert value is not None
                 self._seen.setdefault(message.topic() or "", []).append(json.loads(value))
+
+    def lag(self) -> int:
+        """Input records not yet committed by the worker's consumer group."""
+        probe = Consumer(
+            {"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.settings.group_id}
+        )
+        try:
+            partitions = [
+                TopicPartition(topic, p)
+                for topic in (self.topics.usage_events, self.topics.account_events)
+                for p in range(PARTITIONS)
+            ]
+            committed = probe.committed(partitions, timeout=10)
+            lag = 0
+            for tp in committed:
+                _low, high = probe.get_watermark_offsets(tp, timeout=10)
+                lag += high - max(tp.offset, 0)
+            return lag
+        finally:
+            probe.close()
+
+    def wait_caught_up(self, timeout_s: float = 300.0) -> None:
+        """Until the worker has committed every input record."""
+        deadline = time.monotonic() + timeout_s
+        while (lag := self.lag()) > 0:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"worker still {lag} records behind; see {self.log_path}")
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"worker exited with {self.process.returncode}")
+            time.sleep(0.5)
 
     def priced(self) -> list[Any]:
         return self.outputs(self.topics.usage_priced)
