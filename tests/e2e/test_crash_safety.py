@@ -109,14 +109,14 @@ def build_workload(
 
 
 def redis_state(pipeline: Pipeline, reference: Reference, month: str) -> dict[str, Any]:
-    client = redis.Redis.from_url(pipeline.settings.redis_url)
+    client = redis.Redis.from_url(pipeline.settings.redis_url, decode_responses=True)
     prefix = pipeline.settings.redis_prefix
     state = {}
     for org in reference.orgs:
         spend = client.hgetall(f"{prefix}{{{org}}}:spend:{month}")
         balance = client.get(f"{prefix}{{{org}}}:balance")
         state[org] = (
-            {k.decode(): int(v) for k, v in spend.items() if int(v)},
+            {k: int(v) for k, v in spend.items() if int(v)},
             int(balance) if balance is not None else 0,
         )
     client.close()
@@ -163,7 +163,9 @@ def test_sigkill_at_random_points_changes_nothing(pipeline: Pipeline) -> None:
     assert redis_state(pipeline, reference, month) == expected_state(reference, month), SEED
 
     # …and every event is accounted for: priced (once per id), dead-lettered, or a duplicate
-    distinct_dead = lambda p: {(d["source_partition"], d["source_offset"]) for d in p.dead()}  # noqa: E731
+    def distinct_dead(p: Pipeline) -> set[tuple[int, int]]:
+        return {(d["source_partition"], d["source_offset"]) for d in p.dead()}
+
     pipeline.wait_for(
         lambda p: (
             {e["event"]["event_id"] for e in p.priced()} == reference.accepted
