@@ -9,6 +9,7 @@ import typer
 from metering.cli import stack
 from metering.cli.demo import demo
 from metering.cli.emit import emit
+from metering.cli.rebuild import rebuild
 from metering.settings import Settings
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.command()(emit)
 app.command()(demo)
+app.command()(rebuild)
 
 
 @app.command()

@@ -19,3 +19,4 @@ class Scripts:
     def __init__(self, client: Redis) -> None:
         self.apply_usage: AsyncScript = client.register_script(_source("apply_usage.lua"))
         self.apply_account: AsyncScript = client.register_script(_source("apply_account.lua"))
+        self.restore_usage: AsyncScript = client.register_script(_source("restore_usage.lua"))

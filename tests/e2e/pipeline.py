@@ -52,16 +52,19 @@ class Pipeline:
         }
 
     # -- the worker ------------------------------------------------------------
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def spawn_worker(self) -> subprocess.Popen[bytes]:
+        """Another worker process in the same consumer group (the caller owns it)."""
         log = self.log_path.open("ab")
-        process = subprocess.Popen(
+        return subprocess.Popen(
             [str(Path(sys.executable).parent / "metering"), "worker"],
             env={**os.environ, **self.env()},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        self.process = process
-        return process
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        self.process = self.spawn_worker()
+        return self.process
 
     def stop_worker(self, sig: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:

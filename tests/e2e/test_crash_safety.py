@@ -175,3 +175,43 @@ def test_sigkill_at_random_points_changes_nothing(pipeline: Pipeline) -> None:
         what="outputs to match the reference",
     )
     assert len(reference.accepted) + reference.dead + reference.duplicates == len(usage)
+
+
+def test_a_worker_killed_mid_stream_hands_over_without_loss_or_double_count(
+    pipeline: Pipeline,
+) -> None:
+    """Two workers share the partitions; one is SIGKILLed mid-stream. The survivor takes
+    over its partitions (rebalance) and the counters still equal the reference exactly."""
+    print(f"seed {SEED}")
+    rng = random.Random(SEED + 1)
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    if now.day == 1 and now.hour == 0 and now.minute < 15:
+        now -= timedelta(minutes=15)
+    month = now.strftime("%Y-%m")
+    accounts, usage, reference = build_workload(rng, now)
+
+    # Given two workers in one consumer group, and the orgs in place
+    pipeline.start_worker()
+    second = pipeline.spawn_worker()
+    try:
+        with pipeline.emitter() as emit:
+            for event in accounts:
+                emit.emit_account(event)
+        for org in reference.orgs:
+            pipeline.wait_for_gate(org, "stranger", "unknown_member", timeout_s=90)
+
+        # When usage flows and the second worker dies mid-stream
+        with pipeline.emitter() as emit:
+            for event in usage:
+                emit.emit_usage(event)
+        time.sleep(rng.uniform(0.5, 3.0))
+        second.send_signal(signal.SIGKILL)
+        second.wait()
+
+        # Then the survivor catches up and Redis equals the reference exactly
+        pipeline.wait_caught_up()
+        assert redis_state(pipeline, reference, month) == expected_state(reference, month), SEED
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()

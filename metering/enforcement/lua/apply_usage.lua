@@ -80,6 +80,8 @@ for i = 1, n do
       if left > 0 then
         -- Per-event costs and allowances are far below 2^53: exact in a Lua number.
         included = math.min(tonumber(cost), left)
+      end
+      if included > 0 then
         redis.call('HINCRBY', spend, 'a:' .. user, string.format('%d', included))
       end
     end

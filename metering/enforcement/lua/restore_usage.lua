@@ -1,0 +1,41 @@
+-- Rebuild (G3): re-apply one org's *priced* usage, exactly as it was decided live.
+--
+-- Replaying the raw input could decide differently (an org or member that did not exist
+-- yet when the event first arrived); `usage.priced.v1` records what was decided, with the
+-- included/billed split, so the counters come back identical. Same writes, in the same
+-- order, as apply_usage.lua; de-duplicated by event_id (the priced topic is at-least-once).
+--
+-- KEYS[1]  the org's key base
+-- ARGV     6 values per priced event: event_id, digest, month, user_id, cost, included,
+--          followed by the source partition and offset: 8 in all.
+-- Returns the number of events applied.
+
+local base = KEYS[1]
+local STRIDE = 8
+local self_serve = redis.call('HGET', base .. ':meta', 'billing_mode') == 'self_serve'
+local applied = 0
+
+for at = 1, #ARGV, STRIDE do
+  local event_id, digest, month, user = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  local cost, included = ARGV[at + 4], ARGV[at + 5]
+  local partition, offset = ARGV[at + 6], ARGV[at + 7]
+  local ids = base .. ':ids:' .. month
+  if redis.call('HEXISTS', ids, event_id) == 0 then
+    local spend = base .. ':spend:' .. month
+    local billed = tonumber(cost) - tonumber(included)
+    local billed_text = string.format('%d', billed)
+    if tonumber(included) > 0 then
+      redis.call('HINCRBY', spend, 'a:' .. user, included)
+    end
+    redis.call('HINCRBY', spend, 'org', billed_text)
+    redis.call('HINCRBY', spend, 'u:' .. user, billed_text)
+    redis.call('HINCRBY', spend, 't:' .. user, cost)
+    if self_serve and billed > 0 then
+      redis.call('DECRBY', base .. ':balance', billed_text)
+    end
+    redis.call('HSET', ids, event_id,
+      digest .. '|' .. partition .. '|' .. offset .. '|' .. included)
+    applied = applied + 1
+  end
+end
+return applied
