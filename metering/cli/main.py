@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from metering.cli import stack
+from metering.cli import deadletter, stack
 from metering.cli.demo import demo
 from metering.cli.emit import emit
 from metering.cli.rebuild import rebuild
@@ -16,6 +16,7 @@ app = typer.Typer(
     help="Usage metering and billing pipeline.", no_args_is_help=True, add_completion=False
 )
 app.add_typer(stack.app, name="stack")
+app.add_typer(deadletter.app, name="deadletter")
 app.command()(emit)
 app.command()(demo)
 app.command()(rebuild)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+import redis
 
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import OWNER, account, new_org, spend, usage
+from tests.helpers import run_metering
 
 pytestmark = pytest.mark.stack
 
@@ -198,3 +200,31 @@ def test_duplicates_count_once_and_conflicts_are_dead_lettered(pipeline: Pipelin
     letter = next(d for d in pipeline.dead() if d["reason"] == "malformed_json")
     assert letter["source_topic"] == pipeline.topics.usage_events
     assert isinstance(letter["source_offset"], int)
+
+
+def test_usage_before_its_org_is_dead_lettered_and_redriven(pipeline: Pipeline) -> None:
+    """Usage for an org not created yet is dead-lettered unknown_org; once the org exists,
+    `metering deadletter redrive --reason unknown_org` brings it in, and a second re-drive
+    does not count it twice."""
+    org = "org_late"
+    pipeline.start_worker()
+    early = spend(org, "u1", 2)
+    with pipeline.emitter() as emit:
+        emit.emit_usage(early)
+    pipeline.wait_for(lambda p: len(p.dead()) == 1)
+    assert pipeline.dead()[0]["reason"] == "unknown_org"
+
+    with pipeline.emitter() as emit:
+        for event in new_org(org, credits="10.00"):
+            emit.emit_account(event)
+    pipeline.wait_for_gate(org, "u1", None)
+    for _ in range(2):
+        result = run_metering("deadletter", "redrive", "--reason", "unknown_org", **pipeline.env())
+        assert result.returncode == 0, result.stderr
+    pipeline.wait_for(lambda p: len(p.priced()) == 1)
+    pipeline.wait_caught_up()
+    assert [e["event"]["event_id"] for e in pipeline.priced()] == [early["event_id"]]
+    client = redis.Redis.from_url(pipeline.settings.redis_url)
+    balance = client.get(f"{pipeline.settings.redis_prefix}{{{org}}}:balance")
+    assert balance is not None and int(balance) == 8 * 10**9  # 10.00 − 2.00, once
+    client.close()
