@@ -48,6 +48,7 @@ demo: install system-deps ## Start the stack and drive a month of sample traffic
 bench: install system-deps ## Benchmarks: prints events/s and latency percentiles, writes bench/results.json
 	$(BIN)/metering stack up >/dev/null
 	$(PY) -m bench.emitter
+	$(PY) -m bench.pipeline
 
 clean: ## Remove var/ (all local data) and .venv/
 	-$(BIN)/metering stack down

@@ -64,7 +64,27 @@ def _as_set(value: Any) -> set[str]:
     return set(value) if isinstance(value, list) else set()
 
 
+def _may_notify(state: dict[str, Any]) -> bool:
+    """Cheap pre-check: without caps, stops, an empty balance or seat allowances there is
+    nothing to notify, and most orgs have none of them."""
+    meta = state["meta"]
+    return bool(
+        meta.get("org_cap")
+        or meta.get("plan") == "seat_based"
+        or (meta.get("billing_mode") == "self_serve" and int(state["balance"]) <= 0)
+        or _as_set(state["stopped"])
+        or any(u["cap"] for m in state["months"].values() for u in m["users"].values())
+    )
+
+
 class UsageProcessor(BatchProcessor):
+    # Seat allowances by day: the price book is immutable for the process's lifetime.
+    _allowances: dict[date, str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._allowances = {}
+
     def _validate(self, record: SourceRecord, result: BatchResult) -> _Valid | None:
         def reject(reason: str, detail: str, event_id: str | None = None) -> None:
             self._reject(result, record, reason, detail, event_id)
@@ -83,12 +103,14 @@ class UsageProcessor(BatchProcessor):
             reject(exc.reason.value, exc.detail, event.event_id)
             return None
         day = event.occurred_at.date()
+        if day not in self._allowances:
+            self._allowances[day] = _allowance_spec(self._book, day)
         return _Valid(
             record,
             event,
             priced.cost_nano_usd,
             priced.price_version,
-            _allowance_spec(self._book, day),
+            self._allowances[day],
         )
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
@@ -105,16 +127,20 @@ class UsageProcessor(BatchProcessor):
         ordered = list(groups.items())
         for (org_id, partition), events in ordered:
             args: list[Any] = [partition]
-            for v in events:
-                args += [
-                    v.record.offset,
-                    v.event.event_id,
-                    digest(v.event),
-                    month_of(v.event.occurred_at),
-                    v.event.user_id,
-                    v.cost_nano_usd,
-                    v.allowances,
-                ]
+            args += [
+                "\t".join(
+                    (
+                        str(v.record.offset),
+                        v.event.event_id,
+                        digest(v.event),
+                        month_of(v.event.occurred_at),
+                        v.event.user_id,
+                        str(v.cost_nano_usd),
+                        v.allowances,
+                    )
+                )
+                for v in events
+            ]
             await self._scripts.apply_usage(
                 keys=[OrgKeys(self._prefix, org_id).base], args=args, client=pipe
             )
@@ -123,7 +149,7 @@ class UsageProcessor(BatchProcessor):
         for ((org_id, _partition), events), reply in zip(ordered, replies, strict=True):
             state = json.loads(reply)
             self._outcomes(events, state["outcomes"], result)
-            if "months" in state:
+            if "months" in state and _may_notify(state):
                 self._notifications(org_id, events, state, result)
         return result
 

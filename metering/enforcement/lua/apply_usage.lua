@@ -3,11 +3,11 @@
 -- KEYS[1]  the org's key base, "<prefix>{org_id}"; every key used derives from it, so
 --          all live in one Redis Cluster hash slot.
 -- ARGV[1]  source partition
--- ARGV[2..] 7 values per event:
---          offset, event_id, digest, month (YYYY-MM), user_id, cost_nano_usd,
---          allowance_nano_usd (the member's seat allowance for that month, "" if the
---          seat type has none; the script looks the seat up, Python supplies the price)
---          Allowances are passed as "standard=<n>,premium=<n>" in this slot.
+-- ARGV[2..] one value per event, its fields joined by tabs (ids never contain one; one
+--          argument instead of seven keeps client-side encoding cheap):
+--          offset, event_id, digest, month (YYYY-MM), user_id, cost_nano_usd, and the
+--          seat allowances in force that month as "standard=<n>,premium=<n>" (the script
+--          looks the member's seat up; Python supplies the prices).
 --
 -- Outcome per event, in order:
 --   "A|<included>"  applied now           "R|<included>"  applied before, at this offset
@@ -20,14 +20,14 @@
 
 local base = KEYS[1]
 local partition = ARGV[1]
-local STRIDE = 7
+local FIELDS = '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$'
 
 local meta = redis.call('HGETALL', base .. ':meta')
 local m = {}
 for i = 1, #meta, 2 do m[meta[i]] = meta[i + 1] end
 
 local outcomes = {}
-local n = (#ARGV - 1) / STRIDE
+local n = #ARGV - 1
 
 if not m['plan'] then
   for i = 1, n do outcomes[i] = 'U' end
@@ -47,14 +47,8 @@ local function allowance_for(seat, spec)
 end
 
 for i = 1, n do
-  local at = 1 + (i - 1) * STRIDE
-  local offset = ARGV[at + 1]
-  local event_id = ARGV[at + 2]
-  local digest = ARGV[at + 3]
-  local month = ARGV[at + 4]
-  local user = ARGV[at + 5]
-  local cost = ARGV[at + 6]
-  local allowances = ARGV[at + 7]
+  local offset, event_id, digest, month, user, cost, allowances =
+    string.match(ARGV[i + 1], FIELDS)
 
   local ids = base .. ':ids:' .. month
   local previous = redis.call('HGET', ids, event_id)
