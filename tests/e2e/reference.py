@@ -34,6 +34,7 @@ class Reference:
         default_factory=lambda: defaultdict(lambda: defaultdict(int))
     )
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    caps: dict[tuple[str, str | None], int] = field(default_factory=dict)  # user None: org
     accepted: set[str] = field(default_factory=set)
     dead: int = 0
     duplicates: int = 0
@@ -79,3 +80,18 @@ class Reference:
 
     def spend_hash(self, org_id: str, month: str) -> dict[str, int]:
         return {k: v for k, v in self.spend[(org_id, month)].items() if v}
+
+    def thresholds_reached(
+        self, month: str, fractions: tuple[str, ...] = ("0.5", "0.8", "1")
+    ) -> set[tuple[str, str | None, str]]:
+        """(org, user or None, fraction) for every capped subject whose billed spend is at
+        least fraction × cap; spend only grows, so this is every threshold ever reached."""
+        reached = set()
+        for (org, user), cap in self.caps.items():
+            spent = self.spend[(org, month)]["org" if user is None else f"u:{user}"]
+            for text in fractions:
+                numerator, _, decimals = text.partition(".")
+                scale = 10 ** len(decimals)
+                if spent * scale >= int(numerator + decimals) * cap:
+                    reached.add((org, user, text))
+        return reached

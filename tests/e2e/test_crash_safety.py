@@ -77,6 +77,28 @@ def build_workload(
             )
         reference.org(org, plan, mode, dict.fromkeys(members, seat), credits)
         orgs.append((org, members))
+        # Caps for thresholds (R17): one member and, for every other org, the org itself.
+        user_cap = rng.randrange(5, 400) * 10**9
+        accounts.append(
+            account(
+                org,
+                "spend_cap.set",
+                {"user_id": members[0], "limit": f"{user_cap // 10**9}.00"},
+                actor=None,
+            )
+        )
+        reference.caps[(org, members[0])] = user_cap
+        if index % 2:
+            org_cap = rng.randrange(500, 3000) * 10**9
+            accounts.append(
+                account(
+                    org,
+                    "spend_cap.set",
+                    {"user_id": None, "limit": f"{org_cap // 10**9}.00"},
+                    actor=None,
+                )
+            )
+            reference.caps[(org, None)] = org_cap
 
     usage: list[dict[str, Any]] = []
     models = [*RATES, "claude-unknown-9"]
@@ -106,6 +128,14 @@ def build_workload(
         usage.append(event)
         reference.usage(event)
     return accounts, usage, reference
+
+
+def threshold_notifications(pipeline: Pipeline) -> set[tuple[str, str | None, str]]:
+    return {
+        (n["org_id"], n["user_id"], n["threshold"])
+        for n in pipeline.notifications()
+        if n["kind"] == "threshold_reached"
+    }
 
 
 def redis_state(pipeline: Pipeline, reference: Reference, month: str) -> dict[str, Any]:
@@ -175,6 +205,15 @@ def test_sigkill_at_random_points_changes_nothing(pipeline: Pipeline) -> None:
         what="outputs to match the reference",
     )
     assert len(reference.accepted) + reference.dead + reference.duplicates == len(usage)
+
+    # …and each threshold reached was notified, under one id each (a replay after a kill
+    # may publish an id again; consumers drop repeats by notification_id)
+    expected_thresholds = reference.thresholds_reached(month)
+    pipeline.wait_for(
+        lambda p: threshold_notifications(p) == expected_thresholds,
+        timeout_s=60,
+        what="threshold notifications to match the reference",
+    )
 
 
 def test_a_worker_killed_mid_stream_hands_over_without_loss_or_double_count(
