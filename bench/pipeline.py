@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer
 from redis.asyncio import Redis as AsyncRedis
 from rich.console import Console
 from rich.table import Table
@@ -36,7 +36,7 @@ from rich.table import Table
 from metering.emitter import Emitter
 from metering.gate import Gate
 from metering.settings import Settings
-from metering.topics import admin_client, ensure_topics
+from metering.topics import admin_client, consumer_lag, ensure_topics
 from metering.traffic import TrafficGenerator
 
 BACKLOG_EVENTS = int(os.environ.get("METERING_BENCH_EVENTS", "200000"))
@@ -76,15 +76,7 @@ def _env(settings: Settings) -> dict[str, str]:
 
 
 def _lag(settings: Settings) -> int:
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id})
-    try:
-        parts = [TopicPartition(settings.topics.usage_events, p) for p in range(PARTITIONS)]
-        return sum(
-            probe.get_watermark_offsets(tp, timeout=10)[1] - max(tp.offset, 0)
-            for tp in probe.committed(parts, timeout=10)
-        )
-    finally:
-        probe.close()
+    return consumer_lag(settings.kafka_bootstrap, settings.group_id, [settings.topics.usage_events])
 
 
 def _raw_ceiling(settings: Settings, expected: int) -> float:

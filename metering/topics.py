@@ -10,7 +10,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # Re-exported by confluent_kafka.admin without types; these modules carry them.
@@ -168,3 +168,18 @@ def ensure_topics(
         TopicState(spec.name, len(metadata[spec.name].partitions), spec.name in created)
         for spec in specs
     ]
+
+
+def consumer_lag(bootstrap: str, group_id: str, topics: list[str]) -> int:
+    """Records on `topics` that consumer group `group_id` has not committed yet."""
+    metadata = admin_client(bootstrap).list_topics(timeout=10).topics
+    partitions = [TopicPartition(topic, p) for topic in topics for p in metadata[topic].partitions]
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    try:
+        lag = 0
+        for tp in probe.committed(partitions, timeout=10):
+            _low, high = probe.get_watermark_offsets(tp, timeout=10)
+            lag += high - max(tp.offset, 0)
+        return lag
+    finally:
+        probe.close()

@@ -60,9 +60,10 @@ class TrafficGenerator:
         ]
 
     def account_events(self) -> Iterator[dict[str, Any]]:
-        """org.created, then member.added for every member, then credits for self-serve."""
+        """org.created, member.added for every member, credits for self-serve orgs, and
+        spend caps on some."""
         at = _stamp(self.start)
-        for org in self.orgs:
+        for org_index, org in enumerate(self.orgs):
             seat = SEAT_FOR_PLAN[org.plan]
             owner = org.members[0]
             yield {
@@ -88,18 +89,43 @@ class TrafficGenerator:
                     "actor": {"user_id": owner, "role": Role.PRIMARY_OWNER.value},
                     "data": {"user_id": user, "role": role.value, "seat_type": seat.value},
                 }
+            actor = {"user_id": owner, "role": Role.PRIMARY_OWNER.value}
             if org.billing_mode is BillingMode.SELF_SERVE:
+                # Every fifth self-serve org bought too little: it runs out of credits.
+                amount = "10.00" if org_index % 5 == 0 else "500.00"
                 yield {
                     "event_id": f"acct_{org.org_id}_credits_1",
                     "type": "credits.purchased",
                     "org_id": org.org_id,
                     "occurred_at": at,
-                    "actor": {"user_id": owner, "role": Role.PRIMARY_OWNER.value},
-                    "data": {"purchase_id": f"pay_{org.org_id}_1", "amount": "500.00"},
+                    "actor": actor,
+                    "data": {"purchase_id": f"pay_{org.org_id}_1", "amount": amount},
                 }
+            # Spend controls (R14): an org cap on every third org, a tight user cap on
+            # every fourth org's second member.
+            if org_index % 3 == 0:
+                yield self._cap(org, None, "15.00", at, actor)
+            if org_index % 4 == 0 and len(org.members) > 1:
+                yield self._cap(org, org.members[1], "2.00", at, actor)
 
-    def usage_events(self, count: int, span: timedelta) -> Iterator[dict[str, Any]]:
-        """`count` usage events spread over `span` from the start, in time order."""
+    @staticmethod
+    def _cap(
+        org: OrgProfile, user_id: str | None, limit: str, at: str, actor: dict[str, str]
+    ) -> dict[str, Any]:
+        return {
+            "event_id": f"acct_{org.org_id}_cap_{user_id or 'org'}",
+            "type": "spend_cap.set",
+            "org_id": org.org_id,
+            "occurred_at": at,
+            "actor": actor,
+            "data": {"user_id": user_id, "limit": limit},
+        }
+
+    def usage_events(
+        self, count: int, span: timedelta, id_prefix: str = "evt"
+    ) -> Iterator[dict[str, Any]]:
+        """`count` usage events spread over `span` from the start, in time order; ids are
+        `<id_prefix>_<seed>_<n>`."""
         models, model_weights = zip(*MODEL_WEIGHTS.items(), strict=True)
         surfaces, surface_weights = zip(*SURFACE_WEIGHTS.items(), strict=True)
         step = span / max(count, 1)
@@ -107,7 +133,7 @@ class TrafficGenerator:
             org = self.orgs[self.rng.randrange(len(self.orgs))]
             input_tokens = int(self.rng.lognormvariate(7.5, 1.0))
             yield {
-                "event_id": f"evt_{self.seed}_{index:09d}",
+                "event_id": f"{id_prefix}_{self.seed}_{index:09d}",
                 "org_id": org.org_id,
                 "user_id": self.rng.choice(org.members),
                 "surface": self.rng.choices(surfaces, surface_weights)[0],

@@ -33,6 +33,17 @@ def worker(
     run_worker(Settings(), loglevel)
 
 
+@app.command()
+def run(
+    loglevel: str = typer.Option("warning", help="faust log level"),
+) -> None:
+    """All-in-one. Today: the stream processors (as `metering worker`); the HTTP API and
+    the nightly batch join it with their issues."""
+    from metering.worker import run_worker  # noqa: PLC0415
+
+    run_worker(Settings(), loglevel)
+
+
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log client chatter")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)

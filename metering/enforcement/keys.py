@@ -60,9 +60,12 @@ class OrgKeys:
         used; t:<user> → total cost (billed + included)."""
         return f"{self.base}:spend:{month}"
 
-    def usage_ids(self, month: str) -> str:
-        """Hash: usage event_id → "digest|partition|offset|included_nano_usd"."""
-        return f"{self.base}:ids:{month}"
+    @property
+    def usage_ids(self) -> str:
+        """Hash: usage event_id → "digest|partition|offset|included_nano_usd". One per
+        org, not per month: the same id must be recognised whatever month its payload
+        claims (a re-sent event with another `occurred_at` is a conflict, G1)."""
+        return f"{self.base}:ids"
 
     def notified(self, month: str) -> str:
         """Set of "subject|threshold" notified this month (R17)."""

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer
 from redis.asyncio import Redis as AsyncRedis
 
 from billing.enforcement import Decision
 from metering.emitter import Emitter
 from metering.gate import Gate, UnknownOrgError
 from metering.settings import Settings
-from metering.topics import TopicNames, admin_client, ensure_topics
+from metering.topics import TopicNames, admin_client, consumer_lag, ensure_topics
 
 PARTITIONS = 4
 
@@ -133,23 +133,11 @@ class Pipeline:
 
     def lag(self) -> int:
         """Input records not yet committed by the worker's consumer group."""
-        probe = Consumer(
-            {"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": self.settings.group_id}
+        return consumer_lag(
+            self.settings.kafka_bootstrap,
+            self.settings.group_id,
+            [self.topics.usage_events, self.topics.account_events],
         )
-        try:
-            partitions = [
-                TopicPartition(topic, p)
-                for topic in (self.topics.usage_events, self.topics.account_events)
-                for p in range(PARTITIONS)
-            ]
-            committed = probe.committed(partitions, timeout=10)
-            lag = 0
-            for tp in committed:
-                _low, high = probe.get_watermark_offsets(tp, timeout=10)
-                lag += high - max(tp.offset, 0)
-            return lag
-        finally:
-            probe.close()
 
     def wait_caught_up(self, timeout_s: float = 300.0) -> None:
         """Until the worker has committed every input record."""

@@ -4,6 +4,7 @@ state in Redis, answers from the gate."""
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -171,21 +172,24 @@ def test_duplicates_count_once_and_conflicts_are_dead_lettered(pipeline: Pipelin
     pipeline.wait_for_gate(org, "u1", None)
     once = spend(org, "u1", 1, event_id="evt-same")
     conflict = {**once, "input_tokens": 5}
+    last_month = datetime.now(UTC).replace(day=1) - timedelta(days=3)
+    moved = {**once, "occurred_at": last_month.isoformat()}  # same id, another month
     with pipeline.emitter() as emit:
         for _ in range(100):
             emit.emit_usage(once)
         emit.emit_usage(conflict)
+        emit.emit_usage(moved)
         emit.emit_usage(usage(org, "u1", input_tokens=10, model="gpt-unknown"))
         emit.emit_usage(usage("org_nobody", "u1", input_tokens=10))
         emit.emit_usage(usage(org, "stranger", input_tokens=1_000_000, model="claude-haiku-4-5"))
     bad = [b"{not json", b'{"event_id": "x"}', b"\xff\xfe", b'{"a": ' + b"1" * 20_000 + b"}"]
     pipeline.send_raw(pipeline.topics.usage_events, bad, key=org.encode())
-    produced = 100 + 1 + 3 + len(bad)
+    produced = 100 + 2 + 3 + len(bad)
 
-    pipeline.wait_for(lambda p: len(p.priced()) == 2 and len(p.dead()) == 7)
+    pipeline.wait_for(lambda p: len(p.priced()) == 2 and len(p.dead()) == 8)
     reasons = Counter(d["reason"] for d in pipeline.dead())
     assert reasons == {
-        "event_id_conflict": 1,
+        "event_id_conflict": 2,
         "unknown_model": 1,
         "unknown_org": 1,
         "malformed_json": 2,

@@ -50,7 +50,7 @@ for i = 1, n do
   local offset, event_id, digest, month, user, cost, allowances =
     string.match(ARGV[i + 1], FIELDS)
 
-  local ids = base .. ':ids:' .. month
+  local ids = base .. ':ids'
   local previous = redis.call('HGET', ids, event_id)
   if previous then
     local p_digest, p_partition, p_offset, p_included =

@@ -19,7 +19,7 @@ for at = 1, #ARGV, STRIDE do
   local event_id, digest, month, user = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local cost, included = ARGV[at + 4], ARGV[at + 5]
   local partition, offset = ARGV[at + 6], ARGV[at + 7]
-  local ids = base .. ':ids:' .. month
+  local ids = base .. ':ids'
   if redis.call('HEXISTS', ids, event_id) == 0 then
     local spend = base .. ':spend:' .. month
     local billed = tonumber(cost) - tonumber(included)
