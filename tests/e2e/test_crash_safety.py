@@ -157,30 +157,43 @@ def expected_state(reference: Reference, month: str) -> dict[str, Any]:
     return {org: (reference.spend_hash(org, month), o.balance) for org, o in reference.orgs.items()}
 
 
+def workload_time() -> datetime:
+    """A minute ago, and far enough from a month boundary that the whole workload (up to
+    ten minutes back) lies inside one month."""
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    if now.day == 1 and now.hour == 0 and now.minute < 15:
+        now -= timedelta(minutes=15)
+    return now
+
+
+def emit_in_order(
+    pipeline: Pipeline, accounts: list[dict[str, Any]], usage: list[dict[str, Any]], orgs: list[str]
+) -> None:
+    """Account events first, applied (every org answers the gate), then all usage."""
+    with pipeline.emitter() as emit:
+        for event in accounts:
+            emit.emit_account(event)
+    for org in orgs:
+        pipeline.wait_for_gate(org, "stranger", "unknown_member", timeout_s=90)
+    with pipeline.emitter() as emit:
+        for event in usage:
+            emit.emit_usage(event)
+
+
 def test_sigkill_at_random_points_changes_nothing(pipeline: Pipeline) -> None:
     """50,000 events (with duplicates, conflicts, unknown orgs and models); the worker is
     SIGKILLed at random moments and restarted. Redis counters equal the reference model's
     exactly, and accepted + dead-lettered + duplicates = produced."""
     print(f"seed {SEED}")  # a failing seed reproduces with METERING_TEST_SEED
     rng = random.Random(SEED)
-    now = datetime.now(UTC) - timedelta(minutes=1)
-    if now.day == 1 and now.hour == 0 and now.minute < 15:
-        now -= timedelta(minutes=15)  # keep the whole workload inside one month
+    now = workload_time()
     month = now.strftime("%Y-%m")
     accounts, usage, reference = build_workload(rng, now)
 
-    # Given the orgs exist (account events applied) before usage arrives
+    # Given the orgs in place, when usage flows while the worker is killed at random
+    # points and restarted
     pipeline.start_worker()
-    with pipeline.emitter() as emit:
-        for event in accounts:
-            emit.emit_account(event)
-    for org in reference.orgs:
-        pipeline.wait_for_gate(org, "stranger", "unknown_member", timeout_s=60)
-
-    # When usage flows while the worker is killed at random points and restarted
-    with pipeline.emitter() as emit:
-        for event in usage:
-            emit.emit_usage(event)
+    emit_in_order(pipeline, accounts, usage, list(reference.orgs))
     for _ in range(KILLS):
         time.sleep(rng.uniform(0.5, 4.0))
         pipeline.stop_worker(signal.SIGKILL)
@@ -223,26 +236,16 @@ def test_a_worker_killed_mid_stream_hands_over_without_loss_or_double_count(
     over its partitions (rebalance) and the counters still equal the reference exactly."""
     print(f"seed {SEED}")
     rng = random.Random(SEED + 1)
-    now = datetime.now(UTC) - timedelta(minutes=1)
-    if now.day == 1 and now.hour == 0 and now.minute < 15:
-        now -= timedelta(minutes=15)
+    now = workload_time()
     month = now.strftime("%Y-%m")
     accounts, usage, reference = build_workload(rng, now)
 
-    # Given two workers in one consumer group, and the orgs in place
+    # Given two workers in one consumer group, and the orgs in place, when usage flows
+    # and the second worker dies mid-stream
     pipeline.start_worker()
     second = pipeline.spawn_worker()
     try:
-        with pipeline.emitter() as emit:
-            for event in accounts:
-                emit.emit_account(event)
-        for org in reference.orgs:
-            pipeline.wait_for_gate(org, "stranger", "unknown_member", timeout_s=90)
-
-        # When usage flows and the second worker dies mid-stream
-        with pipeline.emitter() as emit:
-            for event in usage:
-                emit.emit_usage(event)
+        emit_in_order(pipeline, accounts, usage, list(reference.orgs))
         time.sleep(rng.uniform(0.5, 3.0))
         second.send_signal(signal.SIGKILL)
         second.wait()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ import redis
 
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import account, spend
-from tests.e2e.test_crash_safety import build_workload
+from tests.e2e.test_crash_safety import build_workload, workload_time
 from tests.helpers import run_metering
 
 pytestmark = pytest.mark.stack
@@ -36,8 +35,7 @@ def test_delete_everything_then_rebuild_gives_identical_state(pipeline: Pipeline
     key is deleted; `metering rebuild` restores each key with identical content, and a
     second rebuild changes nothing."""
     # Given a pipeline that processed a varied workload, caps and a stop included
-    now = datetime.now(UTC) - timedelta(minutes=2)
-    accounts, usage, _reference = build_workload(random.Random(7), now)
+    accounts, usage, _reference = build_workload(random.Random(7), workload_time())
     accounts.append(
         account("org_k00", "spend_cap.set", {"user_id": "u00_1", "limit": "1.00"}, actor=None)
     )
