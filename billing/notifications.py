@@ -14,6 +14,7 @@ from decimal import Decimal
 from billing.enforcement import BlockReason, cap_reached
 from billing.thresholds import reached_thresholds
 from schemas.account import BillingMode, Plan
+from schemas.money import format_usd
 from schemas.outputs import Notification, NotificationKind
 
 CREDITS_PERIOD = "-"  # the credit balance is not monthly
@@ -207,3 +208,33 @@ def evaluated_scopes(snapshot: SpendSnapshot) -> set[str]:
         for reason in (BlockReason.USER_CAP_REACHED, BlockReason.SEAT_ALLOWANCE_EXHAUSTED):
             scopes.add(f"{snapshot.month}|{reason.value}|u:{user_id}")
     return scopes
+
+
+def due_balance_levels(
+    org_id: str,
+    balance_nano_usd: int,
+    purchases: int,
+    levels_nano_usd: tuple[int, ...],
+    notified: set[str],
+) -> list[Due]:
+    """Self-serve balance alerts (R17): one per level the balance has fallen below, per
+    purchase cycle (a purchase starts a new cycle: falling again notifies again)."""
+    due = []
+    for level in sorted(levels_nano_usd, reverse=True):
+        mark = f"balance|{level}|{purchases}"
+        if balance_nano_usd < level and mark not in notified:
+            due.append(
+                Due(
+                    mark,
+                    Notification(
+                        notification_id=f"{org_id}:balance_low:{level}:{purchases}",
+                        kind=NotificationKind.BALANCE_LOW,
+                        org_id=org_id,
+                        user_id=None,
+                        month=None,
+                        threshold=format_usd(level),
+                        balance_nano_usd=balance_nano_usd,
+                    ),
+                )
+            )
+    return due

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.pricing import PriceBook, default_price_book_text
 from metering.topics import TopicNames
+from schemas.money import parse_usd
 
 
 class Settings(BaseSettings):
@@ -27,6 +28,8 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     topic_partitions: int = Field(default=12, ge=1, le=1000)
     kafka_heap: str = "768m"
+    # Self-serve balance alerts (R17): notify when the balance falls below each level (USD).
+    balance_alert_levels: str = "10.00,1.00"
     # Isolation: a topic-name prefix, a Redis key prefix and the processors' consumer group.
     topic_namespace: str = ""
     redis_prefix: str = ""
@@ -39,6 +42,14 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_clickhouse_url(self) -> str:
         return self.clickhouse_url or f"chdb://{(self.var_dir / 'clickhouse').resolve()}"
+
+    @property
+    def balance_levels_nano_usd(self) -> tuple[int, ...]:
+        return tuple(
+            parse_usd(level.strip())
+            for level in self.balance_alert_levels.split(",")
+            if level.strip()
+        )
 
     def load_price_book(self) -> PriceBook:
         text = self.price_book.read_text() if self.price_book else default_price_book_text()

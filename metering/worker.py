@@ -101,7 +101,13 @@ def create_app(settings: Settings) -> faust.App:
     book = settings.load_price_book()
     publisher = Publisher(settings.kafka_bootstrap)
     topics = settings.topics
-    usage = UsageProcessor(client, book, settings.redis_prefix, topics)
+    usage = UsageProcessor(
+        client,
+        book,
+        settings.redis_prefix,
+        topics,
+        balance_levels_nano_usd=settings.balance_levels_nano_usd,
+    )
     accounts = AccountProcessor(client, book, settings.redis_prefix, topics)
 
     def raw_topic(name: str) -> faust.TopicT:

@@ -45,6 +45,7 @@ class NotificationKind(StrEnum):
     THRESHOLD_REACHED = "threshold_reached"
     STOPPED = "stopped"
     RESUMED = "resumed"
+    BALANCE_LOW = "balance_low"  # a self-serve balance fell below a configured level
 
 
 class Notification(Contract):
@@ -60,3 +61,4 @@ class Notification(Contract):
     reason: str | None = None  # for stopped/resumed: the block reason
     spend_nano_usd: int | None = None
     cap_nano_usd: int | None = None
+    balance_nano_usd: int | None = None  # for balance_low; `threshold` holds the level

@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from redis.asyncio import Redis
 
+from billing.notifications import CREDITS_PERIOD
 from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.records import SourceRecord, digest, month_of
 from metering.enforcement.scripts import Scripts
 from metering.settings import Settings
 from metering.topics import admin_client
+from schemas.money import parse_usd
 from schemas.outputs import Notification, NotificationKind, PricedUsage
 
 BATCH = 5000
@@ -86,6 +88,10 @@ def read_topic(bootstrap: str, topic: str) -> Iterator[list[SourceRecord]]:
 
 def notification_mark(notification: Notification) -> tuple[str, str, str] | None:
     """The (op, key-suffix, member) the processor recorded when it published this."""
+    if notification.kind is NotificationKind.BALANCE_LOW:
+        level = parse_usd(notification.threshold or "0")
+        cycle = notification.notification_id.rsplit(":", 1)[1]
+        return "sadd", f"notified:{CREDITS_PERIOD}", f"balance|{level}|{cycle}"
     if notification.kind is NotificationKind.THRESHOLD_REACHED:
         subject = "org" if notification.user_id is None else f"u:{notification.user_id}"
         return "sadd", f"notified:{notification.month}", f"{subject}|{notification.threshold}"

@@ -17,8 +17,10 @@ from typing import Any
 
 from billing.accounts import Member
 from billing.notifications import (
+    CREDITS_PERIOD,
     SpendSnapshot,
     UserSpend,
+    due_balance_levels,
     due_stops_and_resumes,
     due_thresholds,
     evaluated_scopes,
@@ -64,14 +66,17 @@ def _as_set(value: Any) -> set[str]:
     return set(value) if isinstance(value, list) else set()
 
 
-def _may_notify(state: dict[str, Any]) -> bool:
-    """Cheap pre-check: without caps, stops, an empty balance or seat allowances there is
+def _may_notify(state: dict[str, Any], balance_alert_nano_usd: int) -> bool:
+    """Cheap pre-check: without caps, stops, a low balance or seat allowances there is
     nothing to notify, and most orgs have none of them."""
     meta = state["meta"]
     return bool(
         meta.get("org_cap")
         or meta.get("plan") == "seat_based"
-        or (meta.get("billing_mode") == "self_serve" and int(state["balance"]) <= 0)
+        or (
+            meta.get("billing_mode") == "self_serve"
+            and int(state["balance"]) < max(balance_alert_nano_usd, 1)
+        )
         or _as_set(state["stopped"])
         or any(u["cap"] for m in state["months"].values() for u in m["users"].values())
     )
@@ -81,9 +86,12 @@ class UsageProcessor(BatchProcessor):
     # Seat allowances by day: the price book is immutable for the process's lifetime.
     _allowances: dict[date, str]
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, balance_levels_nano_usd: tuple[int, ...] = (), **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._allowances = {}
+        self._balance_levels = balance_levels_nano_usd
 
     def _validate(self, record: SourceRecord, result: BatchResult) -> _Valid | None:
         def reject(reason: str, detail: str, event_id: str | None = None) -> None:
@@ -149,7 +157,7 @@ class UsageProcessor(BatchProcessor):
         for ((org_id, _partition), events), reply in zip(ordered, replies, strict=True):
             state = json.loads(reply)
             self._outcomes(events, state["outcomes"], result)
-            if "months" in state and _may_notify(state):
+            if "months" in state and _may_notify(state, max(self._balance_levels, default=0)):
                 self._notifications(org_id, events, state, result)
         return result
 
@@ -228,3 +236,12 @@ class UsageProcessor(BatchProcessor):
             publish_due(self._topics, org_id, resumed, ("srem", keys.stopped), result)
             recorded_stops |= {d.mark for d in stopped}
             recorded_stops -= {d.mark for d in resumed}
+        if meta["billing_mode"] == BillingMode.SELF_SERVE.value:
+            low = due_balance_levels(
+                org_id,
+                int(state["balance"]),
+                int(meta.get("purchases", "0")),
+                self._balance_levels,
+                _as_set(state["balance_notified"]),
+            )
+            publish_due(self._topics, org_id, low, ("sadd", keys.notified(CREDITS_PERIOD)), result)

@@ -87,6 +87,19 @@ def test_credits_exhausted_then_a_purchase_resumes(pipeline: Pipeline) -> None:
     pipeline.wait_for_gate(org, "u1", None)
     assert pipeline.gate(org, "u2") is None
 
+    # Balance alerts (R17): usage took the balance below 10.00 and below 1.00, once each
+    # in that purchase cycle; purchases raise the balance and alert nothing.
+    pipeline.wait_for(lambda p: len(balance_alerts(p)) >= 2)
+    assert sorted(balance_alerts(pipeline)) == [("1.00", 1), ("10.00", 1)]
+
+
+def balance_alerts(pipeline: Pipeline) -> list[tuple[str, int]]:
+    return [
+        (n["threshold"], int(n["notification_id"].rsplit(":", 1)[1]))
+        for n in pipeline.notifications()
+        if n["kind"] == "balance_low"
+    ]
+
 
 def test_org_cap_and_the_lower_of_two_caps(pipeline: Pipeline) -> None:
     """Sales-assisted: an org cap of 10.00 and a user cap of 20.00 — the org cap, the lower,

@@ -117,5 +117,6 @@ return cjson.encode({
   months = months,
   meta = m,
   balance = redis.call('GET', base .. ':balance') or '0',
+  balance_notified = redis.call('SMEMBERS', base .. ':notified:-'),
   stopped = redis.call('SMEMBERS', base .. ':stopped'),
 })
