@@ -158,8 +158,11 @@ class Pipeline:
     def notifications(self) -> list[Any]:
         return self.outputs(self.topics.notifications)
 
-    def gate(self, org_id: str, user_id: str, surface: str = "chat_web") -> str | None:
-        """The gate's answer now: None if allowed, else the reason."""
+    def gate(
+        self, org_id: str, user_id: str, surface: str = "chat_web", at: datetime | None = None
+    ) -> str | None:
+        """The gate's answer now (or at `at`): None if allowed, else the reason."""
+        clock = (lambda: at) if at else (lambda: datetime.now(UTC))
 
         async def check() -> Decision:
             client = AsyncRedis.from_url(self.settings.redis_url)
@@ -167,7 +170,7 @@ class Pipeline:
                 gate = Gate(
                     client,
                     self.settings.load_price_book(),
-                    lambda: datetime.now(UTC),
+                    clock,
                     self.settings.redis_prefix,
                 )
                 return await gate.check(org_id, user_id, surface)

@@ -103,7 +103,7 @@ def balance_alerts(pipeline: Pipeline) -> list[tuple[str, int]]:
 
 def test_org_cap_and_the_lower_of_two_caps(pipeline: Pipeline) -> None:
     """Sales-assisted: an org cap of 10.00 and a user cap of 20.00 — the org cap, the lower,
-    stops everyone once the org's spend reaches it."""
+    stops everyone once the org's spend reaches it, until the next month begins."""
     org = "org_orgcap"
     pipeline.start_worker()
     with pipeline.emitter() as emit:
@@ -117,6 +117,13 @@ def test_org_cap_and_the_lower_of_two_caps(pipeline: Pipeline) -> None:
         emit.emit_usage(spend(org, "u2", 3))
     pipeline.wait_for_gate(org, "u1", "org_cap_reached")
     assert pipeline.gate(org, "u2") == "org_cap_reached"
+
+    # Sales-assisted: the block lasts until the next billing period starts (R16)
+    now = datetime.now(UTC)
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    next_month = (month_start + timedelta(days=32)).replace(day=1)
+    assert pipeline.gate(org, "u1", at=next_month - timedelta(microseconds=1)) == "org_cap_reached"
+    assert pipeline.gate(org, "u1", at=next_month) is None
 
 
 def test_surface_and_seat_allowance(pipeline: Pipeline) -> None:
