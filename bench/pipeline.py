@@ -151,8 +151,11 @@ async def _block_latency(settings: Settings, traffic: TrafficGenerator) -> list[
         usage_topic=topics.usage_events,
         account_topic=topics.account_events,
     ) as probe:
+        # Orgs without an org cap (the generator caps every third), so only the probe's
+        # own cap can block the probe member.
+        uncapped = [org for index, org in enumerate(traffic.orgs) if index % 3]
         for trial in range(BLOCK_TRIALS):
-            org = traffic.orgs[trial % ORGS]
+            org = uncapped[trial % len(uncapped)]
             user = f"cap-{trial}"
             seat = "enterprise" if org.plan.value == "usage_based" else "standard"
             probe.emit_account(
@@ -176,7 +179,10 @@ async def _block_latency(settings: Settings, traffic: TrafficGenerator) -> list[
                 }
             )
             probe.flush()
-            while await _gate_answer(gate, org.org_id, user) != None:  # noqa: E711
+            ready = time.perf_counter()
+            while (answer := await _gate_answer(gate, org.org_id, user)) is not None:
+                if time.perf_counter() - ready > 30:
+                    raise RuntimeError(f"{org.org_id}/{user} never allowed: {answer}")
                 await asyncio.sleep(0.01)
             sent = time.perf_counter()
             # 1M input + 1M output tokens of Opus 4.1: 90.00, beyond a standard seat's 25.00.
