@@ -330,7 +330,11 @@ def _cleanup(settings: Settings) -> None:
     keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=5000))
     for start in range(0, len(keys), 5000):
         client.delete(*keys[start : start + 5000])
-    admin_client(settings.kafka_bootstrap).delete_topics([s.name for s in settings.topics.specs()])
+    futures = admin_client(settings.kafka_bootstrap).delete_topics(
+        [s.name for s in settings.topics.specs()]
+    )
+    for future in futures.values():
+        future.result(timeout=30)
 
 
 if __name__ == "__main__":

@@ -223,4 +223,6 @@ def cleanup(pipeline: Pipeline) -> None:
     if keys:
         client.delete(*keys)
     admin = admin_client(pipeline.settings.kafka_bootstrap)
-    admin.delete_topics([spec.name for spec in pipeline.topics.specs()])
+    futures = admin.delete_topics([spec.name for spec in pipeline.topics.specs()])
+    for future in futures.values():
+        future.result(timeout=30)  # wait: an admin client dropped early sends nothing
