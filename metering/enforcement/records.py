@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Literal
 
 from pydantic import BaseModel
@@ -40,7 +40,35 @@ class OutputMessage:
 def digest(event: BaseModel) -> str:
     """Fingerprint of an event's canonical form: the same event_id with another payload
     is a conflict, with the same payload a duplicate (G1)."""
-    return hashlib.sha256(encode_event(event)).hexdigest()[:32]
+    return digest_bytes(encode_event(event))
+
+
+def digest_bytes(canonical: bytes) -> str:
+    return hashlib.sha256(canonical).hexdigest()[:32]
+
+
+def priced_json(
+    canonical_event: bytes,
+    *,
+    cost_nano_usd: int,
+    included_nano_usd: int,
+    price_version: date,
+    partition: int,
+    offset: int,
+) -> bytes:
+    """`schemas.outputs.PricedUsage` serialised, around the event's already-encoded
+    canonical bytes: the hot path encodes each event once. A test holds it equal to
+    `PricedUsage(...).model_dump_json()` byte for byte."""
+    return b"".join(
+        (
+            b'{"event":',
+            canonical_event,
+            f',"cost_nano_usd":{cost_nano_usd},"included_nano_usd":{included_nano_usd},'
+            f'"billed_nano_usd":{cost_nano_usd - included_nano_usd},'
+            f'"price_version":"{price_version.isoformat()}",'
+            f'"source_partition":{partition},"source_offset":{offset}}}'.encode(),
+        )
+    )
 
 
 def dead_letter(

@@ -32,12 +32,11 @@ from metering.enforcement.notify import BatchResult, publish_due
 from metering.enforcement.records import (
     OutputMessage,
     SourceRecord,
-    digest,
-    month_of,
+    digest_bytes,
+    priced_json,
 )
 from metering.enforcement.state_codec import decode_member
 from schemas.account import BillingMode, Plan, SeatType
-from schemas.outputs import PricedUsage
 from schemas.usage import UsageEvent
 from schemas.validation import InvalidEvent, Reason, encode_event, parse_usage_event
 
@@ -51,6 +50,8 @@ class _Valid:
     cost_nano_usd: int
     price_version: date
     allowances: str
+    canonical: bytes  # the event's wire form, encoded once: digest and priced output use it
+    month: str
 
 
 def _allowance_spec(book: PriceBook, day: date) -> str:
@@ -113,12 +114,15 @@ class UsageProcessor(BatchProcessor):
         day = event.occurred_at.date()
         if day not in self._allowances:
             self._allowances[day] = _allowance_spec(self._book, day)
+        occurred = event.occurred_at
         return _Valid(
             record,
             event,
             priced.cost_nano_usd,
             priced.price_version,
             self._allowances[day],
+            canonical=encode_event(event),
+            month=f"{occurred.year:04d}-{occurred.month:02d}",
         )
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
@@ -140,8 +144,8 @@ class UsageProcessor(BatchProcessor):
                     (
                         str(v.record.offset),
                         v.event.event_id,
-                        digest(v.event),
-                        month_of(v.event.occurred_at),
+                        digest_bytes(v.canonical),
+                        v.month,
                         v.event.user_id,
                         str(v.cost_nano_usd),
                         v.allowances,
@@ -166,19 +170,16 @@ class UsageProcessor(BatchProcessor):
             code, _, included_text = outcome.partition("|")
             if code in {"A", "R"}:
                 included = int(included_text)
-                priced = PricedUsage(
-                    event=valid.event,
+                priced = priced_json(
+                    valid.canonical,
                     cost_nano_usd=valid.cost_nano_usd,
                     included_nano_usd=included,
-                    billed_nano_usd=valid.cost_nano_usd - included,
                     price_version=valid.price_version,
-                    source_partition=valid.record.partition,
-                    source_offset=valid.record.offset,
+                    partition=valid.record.partition,
+                    offset=valid.record.offset,
                 )
                 result.outputs.append(
-                    OutputMessage(
-                        self._topics.usage_priced, valid.event.org_id, encode_event(priced)
-                    )
+                    OutputMessage(self._topics.usage_priced, valid.event.org_id, priced)
                 )
                 result.accepted += 1
             elif code == "D":
