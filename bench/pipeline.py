@@ -330,9 +330,8 @@ def _cleanup(settings: Settings) -> None:
     keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=5000))
     for start in range(0, len(keys), 5000):
         client.delete(*keys[start : start + 5000])
-    futures = admin_client(settings.kafka_bootstrap).delete_topics(
-        [s.name for s in settings.topics.specs()]
-    )
+    admin = admin_client(settings.kafka_bootstrap)  # kept alive until the futures resolve
+    futures = admin.delete_topics([s.name for s in settings.topics.specs()])
     for future in futures.values():
         future.result(timeout=30)
 
