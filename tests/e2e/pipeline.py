@@ -86,6 +86,18 @@ class Pipeline:
             clock=clock,
         )
 
+    def send_accounts(self, *events: dict[str, Any]) -> None:
+        """Emit account events and wait until the broker has them."""
+        with self.emitter() as emit:
+            for event in events:
+                emit.emit_account(event)
+
+    def send_usage(self, *events: dict[str, Any]) -> None:
+        """Emit usage events and wait until the broker has them."""
+        with self.emitter() as emit:
+            for event in events:
+                emit.emit_usage(event)
+
     def send_raw(self, topic: str, values: list[bytes], key: bytes = b"org") -> None:
         producer = Producer({"bootstrap.servers": self.settings.kafka_bootstrap})
         for value in values:

@@ -22,10 +22,9 @@ def test_user_cap_blocks_then_raising_it_resumes(pipeline: Pipeline) -> None:
     # Given a self-serve org with credits and a 5.00 cap on u1
     org = "org_cap"
     pipeline.start_worker()
-    with pipeline.emitter() as emit:
-        for event in new_org(org):
-            emit.emit_account(event)
-        emit.emit_account(account(org, "spend_cap.set", {"user_id": "u1", "limit": "5.00"}))
+    pipeline.send_accounts(
+        *new_org(org), account(org, "spend_cap.set", {"user_id": "u1", "limit": "5.00"})
+    )
     pipeline.wait_for_gate(org, "u1", None)
 
     # When u1 spends 4.00: still allowed, 50 % notified
@@ -65,9 +64,7 @@ def test_credits_exhausted_then_a_purchase_resumes(pipeline: Pipeline) -> None:
     balance below zero); everyone stops; a purchase lets everyone resume."""
     org = "org_credits"
     pipeline.start_worker()
-    with pipeline.emitter() as emit:
-        for event in new_org(org, credits="10.00"):
-            emit.emit_account(event)
+    pipeline.send_accounts(*new_org(org, credits="10.00"))
     pipeline.wait_for_gate(org, "u1", None)
     with pipeline.emitter() as emit:
         emit.emit_usage(spend(org, "u1", 6))
@@ -106,11 +103,11 @@ def test_org_cap_and_the_lower_of_two_caps(pipeline: Pipeline) -> None:
     stops everyone once the org's spend reaches it, until the next month begins."""
     org = "org_orgcap"
     pipeline.start_worker()
-    with pipeline.emitter() as emit:
-        for event in new_org(org, mode="sales_assisted"):
-            emit.emit_account(event)
-        emit.emit_account(account(org, "spend_cap.set", {"user_id": None, "limit": "10.00"}))
-        emit.emit_account(account(org, "spend_cap.set", {"user_id": "u1", "limit": "20.00"}))
+    pipeline.send_accounts(
+        *new_org(org, mode="sales_assisted"),
+        account(org, "spend_cap.set", {"user_id": None, "limit": "10.00"}),
+        account(org, "spend_cap.set", {"user_id": "u1", "limit": "20.00"}),
+    )
     pipeline.wait_for_gate(org, "u1", None)
     with pipeline.emitter() as emit:
         emit.emit_usage(spend(org, "u1", 7))
@@ -130,13 +127,10 @@ def test_surface_and_seat_allowance(pipeline: Pipeline) -> None:
     """A standard seat (chat only, 25.00 of usage included) is refused claude_code, and
     is stopped when the allowance is used up; with extra usage enabled it goes on, billed."""
     pipeline.start_worker()
-    with pipeline.emitter() as emit:
-        for event in new_org("org_std", plan="seat_based", mode="sales_assisted", seat="standard"):
-            emit.emit_account(event)
-        for event in new_org(
-            "org_extra", plan="seat_based", mode="sales_assisted", seat="standard", extra_usage=True
-        ):
-            emit.emit_account(event)
+    pipeline.send_accounts(
+        *new_org("org_std", plan="seat_based", mode="sales_assisted", seat="standard"),
+        *new_org("org_extra", "seat_based", "sales_assisted", "standard", extra_usage=True),
+    )
     pipeline.wait_for_gate("org_std", "u1", None)
     assert pipeline.gate("org_std", "u1", "claude_code") == "surface_not_in_seat"
     with pipeline.emitter() as emit:
@@ -160,20 +154,14 @@ def test_refused_account_changes_are_dead_lettered_and_change_nothing(pipeline: 
     reason; the member is not capped."""
     org = "org_refuse"
     pipeline.start_worker()
-    with pipeline.emitter() as emit:
-        for event in new_org(org):
-            emit.emit_account(event)
-        emit.emit_account(
-            account(
-                org,
-                "spend_cap.set",
-                {"user_id": "u1", "limit": "0.00"},
-                actor={"user_id": "u2", "role": "owner"},
-            )
-        )  # claims owner
-        emit.emit_account(
-            account(org, "seats.removed", {"seat_type": "enterprise", "quantity": 1}, actor=OWNER)
-        )
+    member_claiming_owner = {"user_id": "u2", "role": "owner"}
+    pipeline.send_accounts(
+        *new_org(org),
+        account(
+            org, "spend_cap.set", {"user_id": "u1", "limit": "0.00"}, actor=member_claiming_owner
+        ),
+        account(org, "seats.removed", {"seat_type": "enterprise", "quantity": 1}, actor=OWNER),
+    )
     pipeline.wait_for(lambda p: len(p.dead()) == 2)
     assert sorted(d["reason"] for d in pipeline.dead()) == ["not_permitted", "seat_removal_refused"]
     assert all(d["source_topic"] == pipeline.topics.account_events for d in pipeline.dead())
@@ -186,9 +174,7 @@ def test_duplicates_count_once_and_conflicts_are_dead_lettered(pipeline: Pipelin
     reason; accepted + dead-lettered = produced."""
     org = "org_dupes"
     pipeline.start_worker()
-    with pipeline.emitter() as emit:
-        for event in new_org(org, credits="1000.00"):
-            emit.emit_account(event)
+    pipeline.send_accounts(*new_org(org, credits="1000.00"))
     pipeline.wait_for_gate(org, "u1", None)
     once = spend(org, "u1", 1, event_id="evt-same")
     conflict = {**once, "input_tokens": 5}
@@ -238,9 +224,7 @@ def test_usage_before_its_org_is_dead_lettered_and_redriven(pipeline: Pipeline) 
     pipeline.wait_for(lambda p: len(p.dead()) == 1)
     assert pipeline.dead()[0]["reason"] == "unknown_org"
 
-    with pipeline.emitter() as emit:
-        for event in new_org(org, credits="10.00"):
-            emit.emit_account(event)
+    pipeline.send_accounts(*new_org(org, credits="10.00"))
     pipeline.wait_for_gate(org, "u1", None)
     for _ in range(2):
         result = run_metering("deadletter", "redrive", "--reason", "unknown_org", **pipeline.env())
