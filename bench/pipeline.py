@@ -45,6 +45,7 @@ ORGS = 200
 BLOCK_TRIALS = int(os.environ.get("METERING_BENCH_BLOCK_TRIALS", "40"))
 BACKGROUND_RATE_PER_S = 2000
 GATE_CALLS = 5000
+WORKERS = int(os.environ.get("METERING_BENCH_WORKERS", "1"))
 RESULTS = Path(__file__).parent / "results.json"
 
 
@@ -235,18 +236,22 @@ def main() -> None:
     emitter.flush()
     started = time.perf_counter()
     with Path("var/bench-worker.log").open("ab") as log:
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).parent / "metering"), "worker"],
-            env=_env(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        workers = [
+            subprocess.Popen(
+                [str(Path(sys.executable).parent / "metering"), "worker"],
+                env=_env(settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(WORKERS)
+        ]
     results: dict[str, Any] = {}
     try:
         while _lag(settings) > 0:
             time.sleep(0.5)
         elapsed = time.perf_counter() - started
         results["pipeline"] = {
+            "workers": WORKERS,
             "events": BACKLOG_EVENTS,
             "seconds": round(elapsed, 2),
             "events_per_s": round(BACKLOG_EVENTS / elapsed),
@@ -273,11 +278,15 @@ def main() -> None:
         }
         results["gate"] = asyncio.run(_gate_bench(settings, traffic))
     finally:
-        worker.terminate()
-        worker.wait(timeout=60)
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=60)
         _cleanup(settings)
 
-    table = Table("benchmark", "result", title="Enforcement pipeline (1 worker, 12 partitions)")
+    table = Table(
+        "benchmark", "result", title=f"Enforcement pipeline ({WORKERS} worker(s), 12 partitions)"
+    )
     p, r, b, g = (
         results["pipeline"],
         results["raw_consumer"],
