@@ -162,6 +162,16 @@ def _stop_notification(org_id: str, kind: NotificationKind, mark: str) -> Notifi
     )
 
 
+def resumes_for_past_months(org_id: str, recorded: set[str], month: str) -> list[Due]:
+    """Monthly stops (caps, allowances) recorded for months before `month` are over: a new
+    billing period lifted them (R16). Credit stops are not monthly and stay."""
+    return [
+        Due(mark, _stop_notification(org_id, NotificationKind.RESUMED, mark))
+        for mark in sorted(recorded)
+        if mark.split("|", 1)[0] not in {CREDITS_PERIOD} and mark.split("|", 1)[0] < month
+    ]
+
+
 def due_stops_and_resumes(
     snapshot: SpendSnapshot,
     recorded: set[str],

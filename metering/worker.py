@@ -18,6 +18,7 @@ import logging
 import os
 import traceback
 from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import faust
@@ -27,9 +28,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from metering.enforcement.account_processor import AccountProcessor
-from metering.enforcement.notify import BatchResult, record_marks
+from metering.enforcement.notify import BatchResult, record_marks, resume_past_months
 from metering.enforcement.publisher import Publisher, PublishFailed
-from metering.enforcement.records import SourceRecord
+from metering.enforcement.records import SourceRecord, month_of
 from metering.enforcement.usage_processor import UsageProcessor
 from metering.settings import Settings
 
@@ -39,6 +40,7 @@ BATCH_SIZE = 2000
 BATCH_WINDOW_S = 0.05
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 EXIT_UNEXPECTED = 70
+NEW_MONTH_CHECK_S = 60.0
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, KafkaException, PublishFailed, OSError)
 
 
@@ -130,6 +132,21 @@ def create_app(settings: Settings) -> faust.App:
     async def usage_agent(stream: Any) -> AsyncIterator[None]:
         async for _ in run(stream, usage):
             yield None
+
+    @app.timer(interval=NEW_MONTH_CHECK_S)  # type: ignore[untyped-decorator]  # faust is untyped
+    async def new_month() -> None:
+        """Announce the blocks a new month lifted. Idempotent: a mark is removed only
+        after its notification is published, and every worker may run it."""
+        month = month_of(datetime.now(UTC))
+        while True:
+            try:
+                result = await resume_past_months(client, settings.redis_prefix, topics, month)
+                await publisher.publish(result.outputs)
+                await record_marks(client, result.marks)
+                return
+            except RETRYABLE as exc:
+                log.warning("new-month job failed (%s); retrying", exc)
+                await asyncio.sleep(RETRY_BACKOFF_S[-1])
 
     return app
 

@@ -70,3 +70,9 @@ class OrgKeys:
     def notified(self, month: str) -> str:
         """Set of "subject|threshold" notified this month (R17)."""
         return f"{self.base}:notified:{month}"
+
+
+def orgs_with_stops_key(prefix: str) -> str:
+    """Set of org ids that ever had a stop recorded: the new-month job looks only at
+    these. Not org-scoped (it lists orgs), so it lives outside any org's hash slot."""
+    return f"{prefix}metering:orgs_with_stops"

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from billing.notifications import Due
+from billing.notifications import Due, resumes_for_past_months
+from metering.enforcement.keys import OrgKeys, orgs_with_stops_key
 from metering.enforcement.records import OutputMessage
 from metering.topics import TopicNames
 from schemas.validation import encode_event
@@ -37,6 +38,29 @@ def publish_due(
         )
         result.marks.append((op, key, item.mark))
         result.notifications += 1
+    if due and op == "sadd" and key.endswith(":stopped"):
+        # Index the org for the new-month job (never removed: bounded by the org count).
+        prefix = key[: key.index("{")]
+        result.marks.append(("sadd", orgs_with_stops_key(prefix), org_id))
+
+
+async def resume_past_months(
+    client: Redis, prefix: str, topics: TopicNames, month: str
+) -> BatchResult:
+    """The new-month job: 'resumed' for every monthly stop of an earlier month (R16)."""
+    result = BatchResult()
+    members = await client.smembers(orgs_with_stops_key(prefix))
+    orgs = sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+    if not orgs:
+        return result
+    pipe = client.pipeline(transaction=False)
+    for org_id in orgs:
+        pipe.smembers(OrgKeys(prefix, org_id).stopped)
+    for org_id, stopped in zip(orgs, await pipe.execute(), strict=True):
+        marks = {m.decode() if isinstance(m, bytes) else m for m in stopped}
+        due = resumes_for_past_months(org_id, marks, month)
+        publish_due(topics, org_id, due, ("srem", OrgKeys(prefix, org_id).stopped), result)
+    return result
 
 
 async def record_marks(client: Redis, marks: list[tuple[str, str, str]]) -> None:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from billing.notifications import CREDITS_PERIOD
 from metering.enforcement.account_processor import AccountProcessor
-from metering.enforcement.keys import OrgKeys
+from metering.enforcement.keys import OrgKeys, orgs_with_stops_key
 from metering.enforcement.records import SourceRecord, digest, month_of
 from metering.enforcement.scripts import Scripts
 from metering.settings import Settings
@@ -148,6 +148,8 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
                     key = f"{OrgKeys(prefix, notification.org_id).base}:{suffix}"
                     if op == "sadd":
                         pipe.sadd(key, member)
+                        if suffix == "stopped":
+                            pipe.sadd(orgs_with_stops_key(prefix), notification.org_id)
                     else:
                         pipe.srem(key, member)
             await pipe.execute()
