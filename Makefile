@@ -49,6 +49,7 @@ bench: install system-deps ## Benchmarks: prints events/s and latency percentile
 	$(BIN)/metering stack up >/dev/null
 	$(PY) -m bench.emitter
 	$(PY) -m bench.pipeline
+	$(PY) -m bench.clickhouse
 
 clean: ## Remove var/ (all local data) and .venv/
 	-$(BIN)/metering stack down

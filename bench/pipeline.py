@@ -73,6 +73,8 @@ def _env(settings: Settings) -> dict[str, str]:
         "METERING_TOPIC_NAMESPACE": settings.topic_namespace,
         "METERING_REDIS_PREFIX": settings.redis_prefix,
         "METERING_GROUP_ID": settings.group_id,
+        # The processors alone: the ClickHouse sink has its own benchmark.
+        "METERING_SINK_IN_WORKER": "false",
     }
 
 

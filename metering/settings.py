@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     topic_namespace: str = ""
     redis_prefix: str = ""
     group_id: str = "metering-enforcement"
+    # The ClickHouse sink (README › ClickHouse): its consumer group, batch bounds, and
+    # whether `metering worker` runs it (as a child process).
+    sink_group_id: str = "metering-clickhouse-sink"
+    sink_batch_rows: int = Field(default=5000, ge=1)
+    sink_batch_seconds: float = Field(default=1.0, gt=0)
+    sink_in_worker: bool = True
+    # Fault injection for the crash tests only: exit after this many stored batches,
+    # between the insert and the offset commit (0: never).
+    sink_exit_after_batches: int = 0
 
     @property
     def topics(self) -> TopicNames:

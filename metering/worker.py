@@ -155,5 +155,14 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Run until SIGTERM/SIGINT (graceful: acknowledged offsets are committed)."""
     from faust.worker import Worker  # noqa: PLC0415 - only needed when running
 
-    app = create_app(settings)
-    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    from metering.clickhouse.service import spawn_sink_child, stop_child  # noqa: PLC0415
+
+    # The ClickHouse sink runs beside the processors in a child process of its own (its
+    # own consumer group, its own core); it dies with this process.
+    sink = spawn_sink_child() if settings.sink_in_worker else None
+    try:
+        app = create_app(settings)
+        Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    finally:
+        if sink is not None:
+            stop_child(sink)

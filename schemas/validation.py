@@ -46,6 +46,7 @@ class Reason(StrEnum):
     UNKNOWN_MODEL = "unknown_model"  # the price book has no rate in force (billing.pricing)
     UNKNOWN_ORG = "unknown_org"  # no org.created seen yet (usage processor)
     EVENT_ID_CONFLICT = "event_id_conflict"  # same event_id, different payload (processor)
+    INVALID_PRICED_RECORD = "invalid_priced_record"  # usage.priced.v1 not written by us (sink)
 
 
 class InvalidEvent(ValueError):

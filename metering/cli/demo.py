@@ -25,7 +25,10 @@ from redis.asyncio import Redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from metering.cli.dashboard import spend_table
 from metering.cli.output import console, fail
+from metering.clickhouse import queries
+from metering.clickhouse.store import Store
 from metering.emitter import Emitter
 from metering.gate import Gate
 from metering.settings import Settings
@@ -59,11 +62,20 @@ def _topic_sizes(settings: Settings) -> dict[str, int]:
         consumer.close()
 
 
+def _lag(settings: Settings) -> int:
+    """Records the processors, then the ClickHouse sink, have not committed yet."""
+    topics, bootstrap = settings.topics, settings.kafka_bootstrap
+    processors = [topics.account_events, topics.usage_events]
+    sink = [topics.usage_priced, topics.account_events]
+    return consumer_lag(bootstrap, settings.group_id, processors) + consumer_lag(
+        bootstrap, settings.sink_group_id, sink
+    )
+
+
 def _wait_caught_up(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
-    topics = [settings.topics.account_events, settings.topics.usage_events]
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
     with console.status("worker applying events…") as status:
-        while (lag := consumer_lag(settings.kafka_bootstrap, settings.group_id, topics)) > 0:
+        while (lag := _lag(settings)) > 0:
             if worker.poll() is not None:
                 fail(f"the worker exited ({worker.returncode}); see var/demo/worker.log")
             if time.monotonic() > deadline:
@@ -147,7 +159,15 @@ def demo(
     for answer, count in answers.most_common():
         gate.add_row(answer, str(count))
     console.print(gate)
+    with Store(settings.resolved_clickhouse_url) as store:  # the worker has released it
+        month = now.strftime("%Y-%m")
+        console.print(
+            spend_table(
+                f"Top spenders in ClickHouse, {month}", "org", queries.top_spenders(store, month, 5)
+            )
+        )
     console.print(
         f"{len(traffic.orgs)} orgs × {members} members, {events:,} usage events; worker log "
-        f"{log_dir / 'worker.log'}. ClickHouse, the HTTP API and documents come next."
+        f"{log_dir / 'worker.log'}. More: `metering dashboard [--org ORG]`. The HTTP API and "
+        "documents come next."
     )

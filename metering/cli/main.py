@@ -7,8 +7,10 @@ import logging
 import typer
 
 from metering.cli import deadletter, stack
+from metering.cli.dashboard import dashboard
 from metering.cli.demo import demo
 from metering.cli.emit import emit
+from metering.cli.output import fail
 from metering.cli.rebuild import rebuild
 from metering.settings import Settings
 
@@ -20,6 +22,7 @@ app.add_typer(deadletter.app, name="deadletter")
 app.command()(emit)
 app.command()(demo)
 app.command()(rebuild)
+app.command()(dashboard)
 
 
 @app.command()
@@ -31,6 +34,23 @@ def worker(
     from metering.worker import run_worker  # noqa: PLC0415
 
     run_worker(Settings(), loglevel)
+
+
+@app.command()
+def sink(
+    once: bool = typer.Option(False, "--once", help="stop when caught up instead of running on"),
+) -> None:
+    """Run the ClickHouse sink (usage.priced.v1 and account.events.v1 → ClickHouse).
+
+    `metering worker` already runs one; use this for a sink on its own (e.g. a worker
+    with METERING_SINK_IN_WORKER=false), or `--once` to bring ClickHouse up to date."""
+    from metering.clickhouse.service import serve  # noqa: PLC0415
+    from metering.clickhouse.store import StoreInUse  # noqa: PLC0415
+
+    try:
+        serve(Settings(), once=once)
+    except StoreInUse as exc:
+        fail(str(exc))
 
 
 @app.command()

@@ -27,7 +27,7 @@ class Publisher:
             producer_config(bootstrap), logger=logging.getLogger("metering.kafka")
         )
 
-    def _publish_blocking(self, messages: Sequence[OutputMessage]) -> None:
+    def publish_blocking(self, messages: Sequence[OutputMessage]) -> None:
         errors: list[str] = []
 
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
@@ -52,4 +52,4 @@ class Publisher:
 
     async def publish(self, messages: Sequence[OutputMessage]) -> None:
         if messages:
-            await asyncio.get_running_loop().run_in_executor(None, self._publish_blocking, messages)
+            await asyncio.get_running_loop().run_in_executor(None, self.publish_blocking, messages)

@@ -34,6 +34,7 @@ class Pipeline:
     settings: Settings
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    sink: bool = False  # whether workers run the ClickHouse sink (a child process)
     _seen: dict[str, list[Any]] = field(default_factory=dict)
     _consumer: Consumer | None = None
 
@@ -49,15 +50,22 @@ class Pipeline:
             "METERING_TOPIC_NAMESPACE": s.topic_namespace,
             "METERING_REDIS_PREFIX": s.redis_prefix,
             "METERING_GROUP_ID": s.group_id,
+            "METERING_CLICKHOUSE_URL": s.clickhouse_url,
+            "METERING_SINK_GROUP_ID": s.sink_group_id,
+            "METERING_SINK_IN_WORKER": str(self.sink).lower(),
         }
 
     # -- the worker ------------------------------------------------------------
     def spawn_worker(self) -> subprocess.Popen[bytes]:
         """Another worker process in the same consumer group (the caller owns it)."""
+        return self.spawn("worker")
+
+    def spawn(self, *command: str, **env: str) -> subprocess.Popen[bytes]:
+        """A `metering …` process on this pipeline's settings, logging to its log file."""
         log = self.log_path.open("ab")
         return subprocess.Popen(
-            [str(Path(sys.executable).parent / "metering"), "worker"],
-            env={**os.environ, **self.env()},
+            [str(Path(sys.executable).parent / "metering"), *command],
+            env={**os.environ, **self.env(), **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -151,10 +159,18 @@ class Pipeline:
             [self.topics.usage_events, self.topics.account_events],
         )
 
+    def sink_lag(self) -> int:
+        """Records the ClickHouse sink has not committed yet."""
+        return consumer_lag(
+            self.settings.kafka_bootstrap,
+            self.settings.sink_group_id,
+            [self.topics.usage_priced, self.topics.account_events],
+        )
+
     def wait_caught_up(self, timeout_s: float = 300.0) -> None:
-        """Until the worker has committed every input record."""
+        """Until the worker (and its sink, if it runs one) has committed every record."""
         deadline = time.monotonic() + timeout_s
-        while (lag := self.lag()) > 0:
+        while (lag := self.lag() + (self.sink_lag() if self.sink else 0)) > 0:
             if time.monotonic() > deadline:
                 raise AssertionError(f"worker still {lag} records behind; see {self.log_path}")
             if self.process is not None and self.process.poll() is not None:
@@ -222,6 +238,8 @@ def new_pipeline(base: Settings, log_dir: Path) -> Pipeline:
             "topic_namespace": f"t{tag}.",
             "redis_prefix": f"t{tag}:",
             "group_id": f"metering-test-{tag}",
+            "clickhouse_url": f"chdb://{log_dir / f'clickhouse-{tag}'}",
+            "sink_group_id": f"metering-sink-test-{tag}",
         }
     )
     ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())

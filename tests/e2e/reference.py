@@ -36,6 +36,8 @@ class Reference:
     seen: dict[str, dict[str, Any]] = field(default_factory=dict)
     caps: dict[tuple[str, str | None], int] = field(default_factory=dict)  # user None: org
     accepted: set[str] = field(default_factory=set)
+    # event_id → (org, user, model, surface, month, cost, billed) of each accepted event
+    rows: dict[str, tuple[str, str, str, str, str, int, int]] = field(default_factory=dict)
     dead: int = 0
     duplicates: int = 0
 
@@ -72,6 +74,15 @@ class Reference:
             included = min(cost, max(0, allowance - bucket[f"a:{user}"]))
             bucket[f"a:{user}"] += included
         billed = cost - included
+        self.rows[event["event_id"]] = (
+            event["org_id"],
+            user,
+            event["model"],
+            event["surface"],
+            month,
+            cost,
+            billed,
+        )
         bucket["org"] += billed
         bucket[f"u:{user}"] += billed
         bucket[f"t:{user}"] += cost

@@ -33,7 +33,7 @@ PLANS = [
 
 
 def build_workload(
-    rng: random.Random, now: datetime
+    rng: random.Random, now: datetime, events: int = EVENTS
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Reference]:
     reference = Reference()
     accounts: list[dict[str, Any]] = []
@@ -102,7 +102,7 @@ def build_workload(
 
     usage: list[dict[str, Any]] = []
     models = [*RATES, "claude-unknown-9"]
-    for index in range(EVENTS):
+    for index in range(events):
         roll = rng.random()
         if usage and roll < 0.03:
             event = dict(rng.choice(usage))  # an exact duplicate

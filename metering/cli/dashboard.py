@@ -1,0 +1,105 @@
+"""`metering dashboard`: the ops dashboard's questions, answered in the terminal from
+ClickHouse (and Redis for live caps and status)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
+import typer
+from redis.asyncio import Redis
+from rich.table import Table
+
+from metering.cli.output import console, fail
+from metering.clickhouse import queries
+from metering.clickhouse.board import MemberStatus, member_board
+from metering.clickhouse.migrations import migrate
+from metering.clickhouse.store import Store, StoreInUse
+from metering.gate import Gate
+from metering.settings import Settings
+from schemas.money import format_usd
+
+
+def _status(member: MemberStatus) -> str:
+    if member.allowed is None:
+        return "no enforcement state"
+    return "active" if member.allowed else f"[red]blocked: {member.reason}[/]"
+
+
+def spend_table(title: str, key: str, spends: list[queries.Spend]) -> Table:
+    table = Table(key, "events", "list price (USD)", "billed (USD)", title=title)
+    for spend in spends:
+        table.add_row(
+            spend.key,
+            f"{spend.events:,}",
+            format_usd(spend.cost_nano_usd),
+            format_usd(spend.billed_nano_usd),
+        )
+    return table
+
+
+def _board(settings: Settings, store: Store, org: str, month: str) -> list[MemberStatus]:
+    async def read() -> list[MemberStatus]:
+        client = Redis.from_url(settings.redis_url)
+        try:
+            gate = Gate(
+                client, settings.load_price_book(), lambda: datetime.now(UTC), settings.redis_prefix
+            )
+            return await member_board(store, client, gate, org, month, prefix=settings.redis_prefix)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def dashboard(
+    org: Annotated[
+        str | None, typer.Option(help="one org's members, models, surfaces, days")
+    ] = None,
+    month: Annotated[str | None, typer.Option(help="YYYY-MM; default: this month (UTC)")] = None,
+    top: Annotated[int, typer.Option(help="how many orgs in the top-spenders table")] = 10,
+) -> None:
+    """Month-to-date usage from ClickHouse. In embedded mode the store has one owner:
+    stop `metering worker`/`run` first (or use a ClickHouse server)."""
+    settings = Settings()
+    month = month or datetime.now(UTC).strftime("%Y-%m")
+    try:
+        queries.month_bounds(month)
+    except ValueError:
+        fail(f"--month must be YYYY-MM, not {month!r}")
+    try:
+        store = Store(settings.resolved_clickhouse_url)
+    except StoreInUse as exc:
+        fail(str(exc))
+    with store:
+        migrate(store)
+        if org is None:
+            console.print(
+                spend_table(
+                    f"Top spenders, {month}", "org", queries.top_spenders(store, month, top)
+                )
+            )
+            lag = queries.ingestion_lag(store, datetime.now(UTC) - timedelta(minutes=15))
+            console.print(
+                f"ingestion lag, last 15 min: {lag.events:,} events, p50 {lag.p50_ms:,.0f} ms, "
+                f"p99 {lag.p99_ms:,.0f} ms, max {lag.max_ms:,.0f} ms"
+            )
+            return
+        members = Table(
+            "member", "events", "billed (USD)", "cap (USD)", "status", title=f"{org}, {month}"
+        )
+        for member in _board(settings, store, org, month):
+            members.add_row(
+                member.user_id,
+                f"{member.events:,}",
+                format_usd(member.billed_nano_usd),
+                "unlimited" if member.cap_nano_usd is None else format_usd(member.cap_nano_usd),
+                _status(member),
+            )
+        console.print(members)
+        console.print(spend_table("By model", "model", queries.model_spend(store, org, month)))
+        console.print(
+            spend_table("By surface", "surface", queries.surface_spend(store, org, month))
+        )
+        console.print(spend_table("By day", "day", queries.daily_spend(store, org, month)))

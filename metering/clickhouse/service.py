@@ -1,0 +1,80 @@
+"""Running the sink as a service: `metering sink`, and the child process `metering
+worker` starts so one command runs the whole pipeline.
+
+In embedded mode only one process can own the store. A sink that finds it owned waits
+as a standby and takes over when the owner exits (e.g. a second worker on the same
+machine, or `billing run` holding the store for a while)."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from threading import Event
+
+from metering.clickhouse.sink import ClickHouseSink
+from metering.clickhouse.store import Store, StoreInUse
+from metering.settings import Settings
+
+log = logging.getLogger("metering.sink")
+
+STANDBY_RETRY_S = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+def open_store_waiting(settings: Settings, stop: Event) -> Store | None:
+    """The store, once this process may own it; None if stopped while waiting."""
+    announced = False
+    while not stop.is_set():
+        try:
+            return Store(settings.resolved_clickhouse_url)
+        except StoreInUse as exc:
+            if not announced:
+                log.warning("%s; waiting as a standby", exc)
+                announced = True
+            stop.wait(STANDBY_RETRY_S)
+    return None
+
+
+def serve(settings: Settings, *, once: bool = False, timeout_s: float = 600.0) -> None:
+    """Run the sink until SIGTERM/SIGINT (or, with `once`, until it has caught up: then
+    a store owned by another process is an error, `StoreInUse`, rather than a wait)."""
+    stop = Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    store = Store(settings.resolved_clickhouse_url) if once else open_store_waiting(settings, stop)
+    if store is None:
+        return
+    try:
+        sink = ClickHouseSink(settings, store)
+        if once:
+            sink.run_until_caught_up(timeout_s)
+        else:
+            sink.run(stop)
+    finally:
+        store.close()
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies, however it dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def spawn_sink_child() -> subprocess.Popen[bytes]:
+    """`metering sink` as a child of this process (same environment, same settings)."""
+    command = Path(sys.executable).parent / "metering"
+    return subprocess.Popen([str(command), "sink"], preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+def stop_child(child: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

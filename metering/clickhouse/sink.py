@@ -1,0 +1,302 @@
+"""The ClickHouse sink: `usage.priced.v1` → `usage_events` (+ rollups by materialized
+views), `account.events.v1` → `account_events` (the ledger).
+
+Exactly once in query results, with at-least-once delivery:
+- a batch is inserted first and its offsets are committed after; a crash in between
+  replays the batch;
+- the replay inserts nothing twice, because before every insert the sink asks ClickHouse
+  which of the batch's event_ids are already stored and drops them (the same check drops
+  the duplicates a restarted enforcement worker re-publishes). The rollup views see only
+  inserted blocks, so this check — not ReplacingMergeTree's eventual merge — is what
+  keeps them exact;
+- on a rebalance the pending batch is flushed inside the revoke callback, before the
+  partitions can move, so two sinks never insert the same partition's records at once.
+
+Batches close at `sink_batch_rows` records or `sink_batch_seconds`, whichever first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from threading import Event
+from typing import Any
+
+from clickhouse_connect.driver.exceptions import OperationalError
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from metering.clickhouse.ledger import RESTORE_COLUMNS, LedgerFold
+from metering.clickhouse.migrations import migrate
+from metering.clickhouse.rows import (
+    ACCOUNT_COLUMNS,
+    USAGE_COLUMNS,
+    BadPricedRecord,
+    usage_row,
+)
+from metering.clickhouse.store import Store
+from metering.enforcement.publisher import Publisher
+from metering.enforcement.records import OutputMessage, SourceRecord, dead_letter
+from metering.settings import Settings
+from schemas.validation import Reason
+
+log = logging.getLogger("metering.sink")
+
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Transient: the server or broker is unreachable. Anything else (a bad statement, a
+# schema mismatch) is a bug and ends the process; the batch is replayed on restart.
+RETRYABLE = (OSError, ConnectionError, KafkaException, OperationalError)
+EXIT_FAULT_INJECTED = 77
+
+
+@dataclass
+class SinkStats:
+    batches: int = 0
+    usage_rows: int = 0
+    account_rows: int = 0
+    skipped_duplicates: int = 0
+    dead_letters: int = 0
+    last_flush_s: float = 0.0
+    insert_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _BatchRows:
+    usage: list[tuple[Any, ...]] = field(default_factory=list)
+    accounts: list[tuple[Any, ...]] = field(default_factory=list)
+    rejects: list[OutputMessage] = field(default_factory=list)
+
+
+class ClickHouseSink:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self._settings = settings
+        self._store = store
+        self._topics = settings.topics
+        self._ledger = LedgerFold()
+        self._publisher = Publisher(settings.kafka_bootstrap)
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": settings.sink_group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 10_000,
+                "heartbeat.interval.ms": 2_000,
+                "max.poll.interval.ms": 300_000,
+            },
+            logger=logging.getLogger("metering.kafka"),
+        )
+        self._pending: list[SourceRecord] = []
+        self._batch_started = 0.0
+        self.stats = SinkStats()
+        migrate(store)
+
+    # -- the loop --------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._consumer.subscribe(
+            [self._topics.usage_priced, self._topics.account_events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+        )
+
+    def run(self, stop: Event) -> None:
+        """Consume until `stop` is set; then flush what is pending and leave the group."""
+        self.start()
+        try:
+            while not stop.is_set():
+                self.poll_once()
+            self.flush()
+        finally:
+            self._consumer.close()
+
+    def run_until_caught_up(self, timeout_s: float = 60.0) -> None:
+        """Consume and store until everything on the input topics is stored and
+        committed (for tests, the demo and `metering sink --once`)."""
+        self.start()
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                if self.poll_once() == 0:  # idle: store what is pending, then check
+                    self.flush()
+                    if self._caught_up():
+                        return
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the ClickHouse sink did not catch up in time")
+        finally:
+            self._consumer.close()
+
+    def poll_once(self) -> int:
+        """One consume call; stores the pending batch when it is full or old enough.
+        Returns how many records arrived."""
+        room = max(self._settings.sink_batch_rows - len(self._pending), 1)
+        messages = self._consumer.consume(num_messages=room, timeout=0.1)
+        for message in messages:
+            error = message.error()
+            if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                raise KafkaException(error)
+            if error is None:
+                if not self._pending:
+                    self._batch_started = time.monotonic()
+                self._pending.append(_record(message))
+        full = len(self._pending) >= self._settings.sink_batch_rows
+        due = time.monotonic() - self._batch_started >= self._settings.sink_batch_seconds
+        if self._pending and (full or due):
+            self.flush()
+        return len(messages)
+
+    def flush(self) -> None:
+        """Store the pending batch, then commit its offsets. The rows are derived once
+        (the ledger fold advances exactly once per record); storing them is retried
+        until it succeeds, and is safe to repeat."""
+        if not self._pending:
+            return
+        batch, attempt = self._pending, 0
+        rows = self._rows(batch)
+        while True:
+            try:
+                self._store_rows(rows)
+                break
+            except RETRYABLE as exc:
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                log.warning("sink batch of %d failed (%s); retry in %.1f s", len(batch), exc, delay)
+                attempt += 1
+                time.sleep(delay)
+        self._inject_fault()
+        self._commit(batch)
+        self._pending = []
+
+    # -- one batch -------------------------------------------------------------------
+
+    def _rows(self, batch: Sequence[SourceRecord]) -> _BatchRows:
+        rows = _BatchRows()
+        for record in batch:
+            if record.topic == self._topics.usage_priced:
+                try:
+                    rows.usage.append(usage_row(record))
+                except BadPricedRecord as exc:
+                    rows.rejects.append(self._dead_letter(record, str(exc)))
+            else:
+                row = self._ledger.apply(record)
+                if row is not None:
+                    rows.accounts.append(row)
+        return rows
+
+    def _store_rows(self, rows: _BatchRows) -> None:
+        started = time.perf_counter()
+        fresh = self._new_usage_rows(rows.usage)
+        self._store.insert("usage_events", fresh, USAGE_COLUMNS)
+        self._store.insert("account_events", rows.accounts, ACCOUNT_COLUMNS)
+        if rows.rejects:
+            self._publisher.publish_blocking(rows.rejects)
+        elapsed = time.perf_counter() - started
+        self.stats.batches += 1
+        self.stats.usage_rows += len(fresh)
+        self.stats.skipped_duplicates += len(rows.usage) - len(fresh)
+        self.stats.account_rows += len(rows.accounts)
+        self.stats.dead_letters += len(rows.rejects)
+        self.stats.last_flush_s = elapsed
+        self.stats.insert_seconds.append(elapsed)
+
+    def _new_usage_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """Drop rows whose (org_id, event_id) is stored already or repeats in the batch."""
+        if not rows:
+            return rows
+        orgs = sorted({row[1] for row in rows})
+        ids = sorted({row[0] for row in rows})
+        stored = {
+            (org, event_id)
+            for org, event_id in self._store.rows(
+                f"SELECT org_id, event_id FROM {self._store.table('usage_events')} "
+                "WHERE org_id IN %(orgs)s AND event_id IN %(ids)s",
+                {"orgs": orgs, "ids": ids},
+            )
+        }
+        fresh = []
+        for row in rows:
+            identity = (row[1], row[0])
+            if identity not in stored:
+                stored.add(identity)
+                fresh.append(row)
+        return fresh
+
+    def _dead_letter(self, record: SourceRecord, detail: str) -> OutputMessage:
+        letter = dead_letter(record, Reason.INVALID_PRICED_RECORD.value, detail)
+        key = record.key.decode("utf-8", "replace") if record.key else ""
+        return OutputMessage(self._topics.usage_deadletter, key, letter.model_dump_json().encode())
+
+    def _commit(self, batch: Sequence[SourceRecord]) -> None:
+        last: dict[tuple[str, int], int] = {}
+        for record in batch:
+            place = (record.topic, record.partition)
+            last[place] = max(last.get(place, -1), record.offset)
+        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # A rebalance took the partitions: the next owner replays the batch and the
+            # stored-id check keeps the replay from inserting anything twice.
+            log.warning("offset commit refused (%s); the batch will be replayed", exc)
+
+    def _inject_fault(self) -> None:
+        """Fault injection for the crash tests: exit between insert and commit."""
+        limit = self._settings.sink_exit_after_batches
+        if limit and self.stats.batches >= limit:
+            log.critical("fault injection: exiting after %d stored batches", limit)
+            os._exit(EXIT_FAULT_INJECTED)
+
+    # -- group membership ------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        # Account history of newly assigned partitions may have been written by another
+        # sink: reload the ledger fold from ClickHouse (small: a few rows per org).
+        self._ledger.restore(
+            self._store.rows(
+                f"SELECT {RESTORE_COLUMNS} FROM {self._store.table('account_events')} FINAL "
+                "ORDER BY source_partition, source_offset"
+            )
+        )
+
+    def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self.flush()
+
+    def _caught_up(self) -> bool:
+        """Every assigned partition committed up to its end (nothing pending)."""
+        assigned = self._consumer.assignment()
+        if not assigned or self._pending:
+            return False
+        for tp in self._consumer.committed(assigned, timeout=10):
+            _low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            if max(tp.offset, 0) < high:
+                return False
+        return True
+
+
+def _record(message: Message) -> SourceRecord:
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None  # a real record
+    return SourceRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        key=message.key(),
+        value=message.value(),
+        timestamp_ms=message.timestamp()[1],
+    )
+
+
+def open_sink(settings: Settings) -> tuple[ClickHouseSink, Store]:
+    store = Store(settings.resolved_clickhouse_url)
+    return ClickHouseSink(settings, store), store
+
+
+def run_sink(settings: Settings, stop: Event, on_ready: Callable[[], None] | None = None) -> None:
+    sink, store = open_sink(settings)
+    try:
+        if on_ready:
+            on_ready()
+        sink.run(stop)
+    finally:
+        store.close()
