@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs the system packages the local stack needs, only if they are missing:
-# Java 17+ (Kafka 4 broker), Maven (fetches the broker once), redis-server.
+# Installs the system packages the local stack and the tests need, only if missing:
+# Java 17+ (Kafka 4 broker), Maven (fetches the broker once), redis-server, and
+# Chromium (the Usage page's browser test renders it headless).
 set -euo pipefail
 need=()
 command -v java >/dev/null 2>&1 || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || need+=(maven)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     # Default: an embedded chDB store under ./var/clickhouse (used from the ClickHouse issue on).
     clickhouse_url: str = ""
     http_port: int = 8080
+    # HTTP API tokens: the HS256 signing secret (default: a random one kept in
+    # var/api-secret, for local use) and how long `metering token issue` tokens last.
+    api_secret: str = ""
+    token_ttl_hours: float = Field(default=24.0, gt=0)
     price_book: Path | None = Field(
         default=None, description="a price-book JSON file; default: the one shipped"
     )

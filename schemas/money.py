@@ -52,6 +52,10 @@ def _money_before(value: object, info: ValidationInfo) -> int:
         if value < 0:
             raise PydanticCustomError("invalid_money", "money must not be negative")
         return value
+    return _money_string(value)
+
+
+def _money_string(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, str):
         raise PydanticCustomError(
             "invalid_money",
@@ -84,3 +88,11 @@ def _positive(nano_usd: int) -> int:
 
 
 PositiveNanoUsd = Annotated[NanoUsd, AfterValidator(_positive)]
+
+_MONEY_SCHEMA = WithJsonSchema({"type": "string", "pattern": MONEY_PATTERN, "description": "USD"})
+StrictNanoUsd = Annotated[
+    int, BeforeValidator(_money_string), PlainSerializer(format_usd, return_type=str), _MONEY_SCHEMA
+]
+"""Money in a body that arrives as already-decoded JSON (HTTP requests): always a
+decimal string, never a number — a JSON 5 must not become five nano-dollars."""
+PositiveStrictNanoUsd = Annotated[StrictNanoUsd, AfterValidator(_positive)]

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from metering.cli import deadletter, stack
+from metering.cli import deadletter, stack, token
 from metering.cli.dashboard import dashboard
 from metering.cli.demo import demo
 from metering.cli.emit import emit
@@ -19,6 +19,7 @@ app = typer.Typer(
 )
 app.add_typer(stack.app, name="stack")
 app.add_typer(deadletter.app, name="deadletter")
+app.add_typer(token.app, name="token")
 app.command()(emit)
 app.command()(demo)
 app.command()(rebuild)
@@ -54,14 +55,61 @@ def sink(
 
 
 @app.command()
+def api(
+    port: int | None = typer.Option(None, help="default METERING_HTTP_PORT (8080)"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    with_sink: bool = typer.Option(
+        False, "--with-sink", help="also run the ClickHouse sink in this process"
+    ),
+) -> None:
+    """Serve the HTTP API (gate, usage, owner controls, Usage page) until stopped."""
+    import threading  # noqa: PLC0415
+
+    import uvicorn  # noqa: PLC0415
+
+    from metering.api.app import create_api  # noqa: PLC0415
+    from metering.clickhouse.service import start_sink_thread  # noqa: PLC0415
+    from metering.clickhouse.store import Store, StoreInUse  # noqa: PLC0415
+
+    settings = Settings()
+    try:
+        store: Store | None = Store(settings.resolved_clickhouse_url)
+    except StoreInUse as exc:
+        if with_sink:
+            fail(str(exc))
+        logging.getLogger("metering.api").warning("%s; the Usage page shows no chart", exc)
+        store = None
+    stop = threading.Event()
+    sink = start_sink_thread(settings, store, stop) if with_sink and store else None
+    try:
+        uvicorn.run(
+            create_api(settings, store=store),
+            host=host,
+            port=port or settings.http_port,
+            log_level="warning",
+        )
+    finally:
+        stop.set()
+        if sink is not None:
+            sink.join(timeout=30)
+        if store is not None:
+            store.close()
+
+
+@app.command()
 def run(
     loglevel: str = typer.Option("warning", help="faust log level"),
 ) -> None:
-    """All-in-one. Today: the stream processors (as `metering worker`); the HTTP API and
-    the nightly batch join it with their issues."""
+    """All-in-one: the stream processors (this process) and, in a child process, the
+    HTTP API with the ClickHouse sink (one owner for an embedded store)."""
+    from metering.clickhouse.service import spawn_child, stop_child  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
 
-    run_worker(Settings(), loglevel)
+    child = spawn_child("api", "--with-sink")
+    try:
+        run_worker(Settings().model_copy(update={"sink_in_worker": False}), loglevel)
+    finally:
+        stop_child(child)
 
 
 @app.callback()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from threading import Event
 
@@ -22,6 +24,7 @@ from metering.settings import Settings
 log = logging.getLogger("metering.sink")
 
 STANDBY_RETRY_S = 5.0
+EXIT_SINK_FAILED = 71
 _PR_SET_PDEATHSIG = 1
 
 
@@ -64,10 +67,32 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn_sink_child() -> subprocess.Popen[bytes]:
-    """`metering sink` as a child of this process (same environment, same settings)."""
+def spawn_child(*arguments: str) -> subprocess.Popen[bytes]:
+    """`metering <arguments>` as a child of this process (same environment, same
+    settings) that gets SIGTERM when this process dies."""
     command = Path(sys.executable).parent / "metering"
-    return subprocess.Popen([str(command), "sink"], preexec_fn=_die_with_parent)  # noqa: PLW1509
+    return subprocess.Popen([str(command), *arguments], preexec_fn=_die_with_parent)  # noqa: PLW1509
+
+
+def spawn_sink_child() -> subprocess.Popen[bytes]:
+    return spawn_child("sink")
+
+
+def start_sink_thread(settings: Settings, store: Store, stop: Event) -> threading.Thread:
+    """The sink on a thread of this process, sharing `store` (whose calls are
+    serialised). An unexpected error ends the process: the batch is replayed on restart,
+    and a half-alive process would silently stop storing."""
+
+    def run() -> None:
+        try:
+            ClickHouseSink(settings, store).run(stop)
+        except BaseException:
+            log.exception("the ClickHouse sink failed; exiting")
+            os._exit(EXIT_SINK_FAILED)
+
+    thread = threading.Thread(target=run, name="clickhouse-sink", daemon=True)
+    thread.start()
+    return thread
 
 
 def stop_child(child: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:

@@ -135,6 +135,10 @@ class ClickHouseSink:
         messages = self._consumer.consume(num_messages=room, timeout=0.1)
         for message in messages:
             error = message.error()
+            if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                # Not created yet (`metering stack up` creates them): wait, do not die.
+                log.warning("%s; waiting for it", error.str())
+                continue
             if error is not None and error.code() != KafkaError._PARTITION_EOF:
                 raise KafkaException(error)
             if error is None:

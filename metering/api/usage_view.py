@@ -1,0 +1,137 @@
+"""The usage view (R18): an org's month-to-date spend, caps and status, and each
+member's — read from Redis in one round trip (the enforcement state the gate uses, so a
+block shows the moment it happens). Members see only their own row."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from redis.asyncio import Redis
+
+from billing.enforcement import GateState, cap_reached, decide
+from billing.pricing import PriceBook
+from metering.enforcement.keys import OrgKeys
+from metering.enforcement.records import month_of
+from metering.enforcement.state_codec import decode_member
+from schemas.account import BillingMode, Plan, SeatType
+from schemas.usage import Surface
+
+
+class UnknownOrg(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class MemberUsage:
+    user_id: str
+    role: str | None  # None: spent this month but is not (or no longer) a member
+    seat_type: str | None
+    spend_nano_usd: int  # billed this month
+    cap_nano_usd: int | None  # None: unlimited
+    effective_limit_nano_usd: int | None  # the lower of the member's and the org's cap
+    allowed: bool | None  # None for a closed month: status is about now
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class OrgUsage:
+    org_id: str
+    month: str
+    plan: str
+    billing_mode: str
+    spend_nano_usd: int
+    cap_nano_usd: int | None
+    cap_reached: bool
+    credit_balance_nano_usd: int | None  # self-serve only
+    members: list[MemberUsage]
+
+    def only(self, user_id: str) -> OrgUsage:
+        """The view a member gets: the org's figures and their own row."""
+        return OrgUsage(
+            **{**self.__dict__, "members": [m for m in self.members if m.user_id == user_id]}
+        )
+
+
+def _lower(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+async def load_usage(
+    client: Redis, book: PriceBook, org_id: str, month: str, *, now: datetime, prefix: str = ""
+) -> OrgUsage:
+    keys = OrgKeys(prefix, org_id)
+    pipe = client.pipeline(transaction=False)
+    pipe.hmget(keys.meta, ["plan", "billing_mode", "extra_usage", "org_cap"])
+    pipe.hgetall(keys.members)
+    pipe.hgetall(keys.caps)
+    pipe.get(keys.balance)
+    pipe.hgetall(keys.spend(month))
+    (
+        (plan_raw, mode_raw, extra_raw, org_cap_raw),
+        members_raw,
+        caps_raw,
+        balance_raw,
+        spend_raw,
+    ) = await pipe.execute()
+    if plan_raw is None:
+        raise UnknownOrg(org_id)
+    plan, mode = Plan(plan_raw.decode()), BillingMode(mode_raw.decode())
+    spend = {k.decode(): int(v) for k, v in spend_raw.items()}
+    caps = {k.decode(): int(v) for k, v in caps_raw.items()}
+    members = {k.decode(): decode_member(v) for k, v in members_raw.items()}
+    org_cap = int(org_cap_raw) if org_cap_raw is not None else None
+    balance = int(balance_raw) if balance_raw is not None else 0
+    current = month == month_of(now)
+    spenders = {field[2:] for field in spend if field.startswith("u:")}
+    rows = []
+    for user in sorted(set(members) | spenders):
+        member = members.get(user)
+        allowed: bool | None = None
+        reason: str | None = None
+        if current:
+            decision = decide(
+                GateState(
+                    plan=plan,
+                    billing_mode=mode,
+                    extra_usage=extra_raw == b"1",
+                    seat=member.seat if member else None,
+                    org_spend_nano_usd=spend.get("org", 0),
+                    org_cap_nano_usd=org_cap,
+                    user_spend_nano_usd=spend.get(f"u:{user}", 0),
+                    user_cap_nano_usd=caps.get(user),
+                    credit_balance_nano_usd=balance,
+                    allowance_used_nano_usd=spend.get(f"a:{user}", 0),
+                    allowance_nano_usd=_allowance(book, member.seat, now) if member else 0,
+                ),
+                Surface.CHAT_WEB,  # every seat includes chat: status is about caps/credits
+            )
+            allowed = decision.allowed
+            reason = decision.reason.value if decision.reason else None
+        rows.append(
+            MemberUsage(
+                user_id=user,
+                role=member.role.value if member else None,
+                seat_type=member.seat.value if member else None,
+                spend_nano_usd=spend.get(f"u:{user}", 0),
+                cap_nano_usd=caps.get(user),
+                effective_limit_nano_usd=_lower(caps.get(user), org_cap),
+                allowed=allowed,
+                reason=reason,
+            )
+        )
+    return OrgUsage(
+        org_id=org_id,
+        month=month,
+        plan=plan.value,
+        billing_mode=mode.value,
+        spend_nano_usd=spend.get("org", 0),
+        cap_nano_usd=org_cap,
+        cap_reached=cap_reached(spend.get("org", 0), org_cap),
+        credit_balance_nano_usd=balance if mode is BillingMode.SELF_SERVE else None,
+        members=rows,
+    )
+
+
+def _allowance(book: PriceBook, seat: SeatType, now: datetime) -> int:
+    return book.seat_price(seat, now.date()).monthly_usage_allowance

@@ -1,0 +1,430 @@
+"""The Usage page (R18), server-rendered, on a real stack: usage goes through a real
+worker, caps are set through the API, and the daily chart reads an embedded ClickHouse
+holding the same events. Checked over HTTP and in headless Chromium (DOM + screenshot)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from metering.api.app import create_api
+from metering.api.page import NO_STORE_NOTE
+from metering.clickhouse.migrations import migrate
+from metering.clickhouse.rows import USAGE_COLUMNS, usage_row
+from metering.clickhouse.store import Store
+from metering.enforcement.records import SourceRecord, month_of, priced_json
+from schemas.validation import encode_event, parse_usage_event
+from tests.e2e.pipeline import Pipeline
+from tests.e2e.scenario import new_org, spend
+from tests.metering.api.conftest import ORG_A, ORG_B, bearer, token
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[3]
+SCREENSHOT = REPO / "var" / "test-artifacts" / "usage-page.png"
+NANOS = 1_000_000_000
+ORG_C = "org_api_page_deficit"  # self-serve with $1 of credits, then $3 of usage
+VOID = {"meta", "link", "br", "hr", "img", "input", "col", "area", "base", "wbr"}
+
+
+# -- reading a page -------------------------------------------------------------------
+@dataclass
+class _Open:
+    tag: str
+    attrs: dict[str, str | None]
+    text: list[str] = field(default_factory=list)
+
+
+class Dom(HTMLParser):
+    """What the tests look at: the text (and class) of every element with an id, each
+    member row's cells by class, and the chart's bars."""
+
+    def __init__(self, markup: str) -> None:
+        super().__init__()
+        self.text: dict[str, str] = {}
+        self.classes: dict[str, set[str]] = {}
+        self.rows: dict[str, dict[str, str]] = {}
+        self.bars: list[dict[str, str | None]] = []
+        self._stack: list[_Open] = []
+        self.feed(markup)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "rect" and "bar" in (found.get("class") or "").split():
+            self.bars.append(found)
+        if tag not in VOID:
+            self._stack.append(_Open(tag, found))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in VOID:
+            self.handle_endtag(tag)
+
+    def handle_data(self, data: str) -> None:
+        for element in self._stack:
+            element.text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            element = self._stack.pop()
+            if element.tag == tag:
+                break
+        else:
+            return
+        text = " ".join("".join(element.text).split())
+        if ident := element.attrs.get("id"):
+            self.text[ident] = text
+            self.classes[ident] = set((element.attrs.get("class") or "").split())
+        if tag == "td":
+            row = next((e.attrs.get("data-user") for e in self._stack if e.tag == "tr"), None)
+            if row:
+                cell = (element.attrs.get("class") or "").split()[-1]
+                self.rows.setdefault(row, {})[cell] = text
+
+    def spend_by_day(self) -> dict[str, str]:
+        return {str(bar["data-day"]): str(bar["data-spend"]) for bar in self.bars}
+
+
+# -- the scenario -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scenario:
+    month: str
+    daily: dict[str, str]  # day → "$x.xx", what the chart must show
+
+
+def moment(now: datetime, days_ago: int) -> datetime:
+    """09:00 UTC `days_ago` days back, but within this month and not in the future."""
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    wanted = (now - timedelta(days=days_ago)).replace(hour=9, minute=0, second=0, microsecond=0)
+    return max(start, min(wanted, now - timedelta(seconds=30)))
+
+
+def priced_record(event: dict[str, Any], offset: int) -> SourceRecord:
+    """The `usage.priced.v1` record the pipeline writes for `event` (Haiku output at
+    $5 per million tokens; enterprise seats have no allowance, so billed = cost)."""
+    now = datetime.now(UTC)
+    parsed = parse_usage_event(event, now=now)
+    value = priced_json(
+        encode_event(parsed),
+        cost_nano_usd=parsed.output_tokens * 5000,
+        included_nano_usd=0,
+        price_version=date(2025, 1, 1),
+        partition=0,
+        offset=offset,
+    )
+    return SourceRecord(
+        "usage.priced.v1", 0, offset, parsed.org_id.encode(), value, int(now.timestamp() * 1000)
+    )
+
+
+def usage_json(client: TestClient, org: str, user: str) -> dict[str, Any]:
+    response = client.get(f"/v1/orgs/{org}/usage", headers=bearer(token(org, user)))
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def wait_until(check: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    with Store(f"chdb://{tmp_path_factory.mktemp('page') / 'clickhouse'}") as opened:
+        migrate(opened)
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def client(api_pipeline: Pipeline, store: Store) -> Iterator[TestClient]:
+    """Overrides conftest's: this app may read ClickHouse, so the page has its chart."""
+    with TestClient(create_api(api_pipeline.settings, store=store)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def scenario(api_pipeline: Pipeline, client: TestClient, store: Store) -> Scenario:
+    """max spends $3 then $2 (capped at $5: blocked), olga $4, on up to three days of this
+    month; the org is capped at $40 and had $50 of credits: $9 spent, $41 left."""
+    now = datetime.now(UTC)
+    spent = [("max", 3, moment(now, 2)), ("olga", 4, moment(now, 1)), ("max", 2, moment(now, 0))]
+    events = [spend(ORG_A, user, usd, at=at) for user, usd, at in spent]
+    api_pipeline.send_usage(*events)
+    store.insert(
+        "usage_events",
+        [usage_row(priced_record(event, offset)) for offset, event in enumerate(events)],
+        USAGE_COLUMNS,
+    )
+    owner = bearer(token(ORG_A, "olga"))
+    for path, limit in (("org", "40.00"), ("users/max", "5.00")):
+        response = client.put(
+            f"/v1/orgs/{ORG_A}/spend-caps/{path}", json={"limit": limit}, headers=owner
+        )
+        assert response.status_code == 202, response.text
+
+    def settled() -> bool:
+        view = usage_json(client, ORG_A, "olga")
+        rows = {m["user_id"]: m for m in view["members"]}
+        return (view["spend"], view["cap"], view["credit_balance"]) == (
+            "9.00",
+            "40.00",
+            "41.00",
+        ) and (rows["max"]["spend"], rows["max"]["cap"]) == ("5.00", "5.00")
+
+    wait_until(settled, "the usage endpoint to show the scenario")
+    daily: dict[str, int] = {}
+    for _, usd, at in spent:
+        daily[at.date().isoformat()] = daily.get(at.date().isoformat(), 0) + usd
+    return Scenario(month_of(now), {day: f"${usd}.00" for day, usd in daily.items()})
+
+
+def page(client: TestClient, org: str = ORG_A, **kw: Any) -> httpx.Response:
+    response: httpx.Response = client.get(f"/orgs/{org}/usage", **kw)
+    return response
+
+
+def assert_owners_view(dom: Dom, scenario: Scenario) -> None:
+    assert dom.text["org-id"] == ORG_A
+    assert dom.text["month"].startswith(scenario.month)
+    assert (dom.text["plan"], dom.text["billing-mode"]) == ("usage based", "self serve")
+    assert dom.text["org-spend"] == "$9.00 of $40.00"
+    assert dom.text["org-cap"] == "$40.00"
+    assert dom.text["credit-balance"] == "$41.00"
+    assert "negative" not in dom.classes["credit-balance"]
+    assert set(dom.rows) == {"owner", "olga", "max"}
+    assert dom.rows["max"] == {
+        "member": "max",
+        "role": "member",
+        "seat": "enterprise",
+        "spend": "$5.00",
+        "cap": "$5.00",
+        "limit": "$5.00",
+        "status": "blocked: user_cap_reached",
+    }
+    assert dom.rows["olga"] == {
+        "member": "olga",
+        "role": "owner",
+        "seat": "enterprise",
+        "spend": "$4.00",
+        "cap": "unlimited",
+        "limit": "$40.00",
+        "status": "active",
+    }
+    assert (dom.rows["owner"]["role"], dom.rows["owner"]["spend"]) == ("primary owner", "$0.00")
+    assert dom.spend_by_day() == scenario.daily
+    assert all(float(str(bar["height"])) > 0 for bar in dom.bars)
+    assert dom.text["chart-total"] == "$9.00"
+
+
+# -- over HTTP --------------------------------------------------------------------------
+def test_an_owner_sees_every_member_and_the_numbers(client: TestClient, scenario: Scenario) -> None:
+    response = page(client, headers=bearer(token(ORG_A, "olga")))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    assert response.headers["cache-control"] == "no-store"
+    assert "set-cookie" not in response.headers  # only a token in the URL becomes a cookie
+    dom = Dom(response.text)
+    assert_owners_view(dom, scenario)
+    assert dom.text["viewer"] == "olga (owner)"
+    assert "own-row-only" not in dom.text
+
+
+def test_a_member_sees_only_their_own_row(client: TestClient, scenario: Scenario) -> None:
+    dom = Dom(page(client, headers=bearer(token(ORG_A, "max"))).text)
+    assert set(dom.rows) == {"max"}
+    assert dom.rows["max"]["status"] == "blocked: user_cap_reached"
+    assert dom.text["org-spend"] == "$9.00 of $40.00"  # the org's figures, as in the API
+    assert "own-row-only" in dom.text
+
+
+def test_without_a_valid_token_the_page_is_401(client: TestClient, scenario: Scenario) -> None:
+    cases: list[dict[str, Any]] = [
+        {},
+        {"params": {"token": "not-a-token"}},
+        {"headers": {"Authorization": "Basic YWxhZGRpbjpvcGVu"}},
+        {"headers": bearer(token(ORG_A, "olga", secret="someone-elses-secret-0123456789abcd"))},
+        {"headers": {"Cookie": "metering_token=stale"}},
+    ]
+    for kw in cases:
+        response = page(client, **kw)
+        assert response.status_code == 401, (kw, response.text)
+        assert response.headers["content-type"].startswith("text/html")
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert "Sign-in required" in Dom(response.text).text["error"]
+        assert "org-spend" not in response.text
+        cookie = response.headers.get("set-cookie", "")
+        if "Cookie" in kw.get("headers", {}):  # a stale cookie is dropped
+            assert cookie.startswith('metering_token="";') and "max-age=0" in cookie.lower()
+        else:
+            assert not cookie
+    client.cookies.clear()
+
+
+def test_other_orgs_services_and_unknown_orgs_are_refused(client: TestClient) -> None:
+    refused = {
+        "a member of another org": (ORG_A, token(ORG_B, "bob_member"), 403),
+        "a service token": (ORG_A, token(service="chat-frontend"), 403),
+        "an unknown org": ("org_api_ghost", token("org_api_ghost", "nobody"), 404),
+        "not a member": (ORG_A, token(ORG_A, "stranger"), 403),
+    }
+    for who, (org, value, status) in refused.items():
+        response = page(client, org, headers=bearer(value))
+        assert response.status_code == status, (who, response.text)
+        assert response.headers["content-type"].startswith("text/html"), who
+        assert Dom(response.text).text["error-detail"], who
+        assert "members" not in Dom(response.text).text, who
+
+
+def test_a_token_in_the_url_becomes_an_http_only_strict_cookie(
+    client: TestClient, scenario: Scenario
+) -> None:
+    value = token(ORG_A, "olga")
+    try:
+        response = page(client, params={"token": value})
+        assert response.status_code == 200, response.text
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith(f"metering_token={value};")
+        attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert {"httponly", "samesite=strict", "path=/orgs"} <= attributes
+        # the next visit needs no token: the cookie (kept by the client) is enough
+        again = page(client)
+        assert again.status_code == 200, again.text
+        assert "set-cookie" not in again.headers
+        assert Dom(again.text).text["viewer"] == "olga (owner)"
+        # a token named explicitly wins over the cookie
+        as_max = page(client, headers=bearer(token(ORG_A, "max")))
+        assert Dom(as_max.text).text["viewer"] == "max (member)"
+        refused = page(client, params={"token": "not-a-token"})
+        assert refused.status_code == 401
+        assert "set-cookie" not in refused.headers  # the cookie was not the one refused
+        assert page(client).status_code == 200
+    finally:
+        client.cookies.clear()
+
+
+def test_other_months_bad_months_and_no_clickhouse(
+    client: TestClient, api_pipeline: Pipeline, scenario: Scenario
+) -> None:
+    owner = bearer(token(ORG_A, "olga"))
+    year, month = int(scenario.month[:4]), int(scenario.month[5:])
+    earlier = f"{year - (month == 1):04d}-{(month - 2) % 12 + 1:02d}"
+    dom = Dom(page(client, headers=owner, params={"month": earlier}).text)
+    assert dom.text["month"] == earlier
+    assert dom.text["org-spend"] == "$0.00 of $40.00"
+    assert {row["status"] for row in dom.rows.values()} == {"—"}  # a closed month
+    assert dom.text["daily-chart-note"] == f"No usage recorded in ClickHouse for {earlier} yet."
+    assert dom.text["next-month"].startswith(scenario.month)
+
+    bad = page(client, headers=owner, params={"month": "2026-13"})
+    assert bad.status_code == 422
+    assert "YYYY-MM" in Dom(bad.text).text["error-detail"]
+
+    with TestClient(create_api(api_pipeline.settings)) as without_store:
+        response = page(without_store, headers=owner)
+    assert response.status_code == 200, response.text
+    dom = Dom(response.text)
+    assert dom.text["daily-chart-note"] == NO_STORE_NOTE
+    assert not dom.bars
+    assert dom.text["org-spend"] == "$9.00 of $40.00"
+
+
+def test_a_negative_credit_balance_is_shown_in_red(
+    client: TestClient, api_pipeline: Pipeline
+) -> None:
+    api_pipeline.send_accounts(*new_org(ORG_C, members=("zoe",), credits="1.00"))
+    api_pipeline.wait_for_gate(ORG_C, "zoe", None)
+    api_pipeline.send_usage(spend(ORG_C, "zoe", 3))  # in flight: may overdraw (R11)
+    wait_until(
+        lambda: usage_json(client, ORG_C, "owner")["credit_balance"] == "-2.00",
+        "the overdrawn balance",
+    )
+    dom = Dom(page(client, ORG_C, headers=bearer(token(ORG_C, "owner"))).text)
+    assert dom.text["credit-balance"] == "-$2.00"
+    assert "negative" in dom.classes["credit-balance"]
+    assert dom.text["org-spend"] == "$3.00 · no cap (unlimited)"
+    assert dom.rows["zoe"]["status"] == "blocked: credits_exhausted"
+    assert dom.rows["zoe"]["cap"] == dom.rows["zoe"]["limit"] == "unlimited"
+
+
+# -- in a browser -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def served(api_pipeline: Pipeline, store: Store) -> Iterator[str]:
+    """The app behind a real HTTP server (uvicorn, in a thread) on a free local port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_api(api_pipeline.settings, store=store)
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{base}/orgs/{ORG_A}/usage", timeout=1).status_code == 401
+        except httpx.TransportError:
+            return False
+
+    wait_until(lambda: server.started and answers(), "uvicorn to answer")
+    yield base
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the Usage page's browser test needs Debian's `chromium` "
+            "package (apt-get install chromium)"
+        )
+    command = [
+        str(CHROMIUM),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, f"chromium failed ({done.returncode}):\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_the_page_in_headless_chromium(
+    served: str, scenario: Scenario, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"{served}/orgs/{ORG_A}/usage?token={token(ORG_A, 'olga')}"
+    profile = tmp_path / "chromium-profile"
+
+    dom = Dom(chromium(profile, "--dump-dom", url).stdout)
+    assert_owners_view(dom, scenario)
+    assert len(dom.bars) == len(scenario.daily)
+
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    chromium(profile, "--window-size=1200,900", f"--screenshot={SCREENSHOT}", url)
+    assert SCREENSHOT.exists(), "chromium wrote no screenshot"
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert SCREENSHOT.stat().st_size > 5 * 1024, "the screenshot looks blank"
+    with capsys.disabled():
+        print(f"\nUsage page screenshot: {SCREENSHOT}")
