@@ -3,20 +3,17 @@ ClickHouse (and Redis for live caps and status)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import typer
-from redis.asyncio import Redis
 from rich.table import Table
 
 from metering.cli.output import console, fail
 from metering.clickhouse import queries
-from metering.clickhouse.board import MemberStatus, member_board
+from metering.clickhouse.board import MemberStatus, read_member_board
 from metering.clickhouse.migrations import migrate
 from metering.clickhouse.store import Store, StoreInUse
-from metering.gate import Gate
 from metering.settings import Settings
 from schemas.money import format_usd
 
@@ -37,20 +34,6 @@ def spend_table(title: str, key: str, spends: list[queries.Spend]) -> Table:
             format_usd(spend.billed_nano_usd),
         )
     return table
-
-
-def _board(settings: Settings, store: Store, org: str, month: str) -> list[MemberStatus]:
-    async def read() -> list[MemberStatus]:
-        client = Redis.from_url(settings.redis_url)
-        try:
-            gate = Gate(
-                client, settings.load_price_book(), lambda: datetime.now(UTC), settings.redis_prefix
-            )
-            return await member_board(store, client, gate, org, month, prefix=settings.redis_prefix)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(read())
 
 
 def dashboard(
@@ -89,7 +72,14 @@ def dashboard(
         members = Table(
             "member", "events", "billed (USD)", "cap (USD)", "status", title=f"{org}, {month}"
         )
-        for member in _board(settings, store, org, month):
+        for member in read_member_board(
+            settings.redis_url,
+            settings.load_price_book(),
+            store,
+            org,
+            month,
+            prefix=settings.redis_prefix,
+        ):
             members.add_row(
                 member.user_id,
                 f"{member.events:,}",

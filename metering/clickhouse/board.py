@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
 from billing.enforcement import Decision
+from billing.pricing import PriceBook
 from metering.clickhouse.queries import member_spend
 from metering.clickhouse.store import Store
 from metering.enforcement.keys import OrgKeys
@@ -65,3 +67,19 @@ async def member_board(
             )
         )
     return sorted(board, key=lambda m: (-m.billed_nano_usd, m.user_id))
+
+
+def read_member_board(
+    redis_url: str, book: PriceBook, store: Store, org_id: str, month: str, *, prefix: str = ""
+) -> list[MemberStatus]:
+    """`member_board` for synchronous callers (the CLI), with a client of its own."""
+
+    async def read() -> list[MemberStatus]:
+        client = Redis.from_url(redis_url)
+        try:
+            gate = Gate(client, book, lambda: datetime.now(UTC), prefix)
+            return await member_board(store, client, gate, org_id, month, prefix=prefix)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())

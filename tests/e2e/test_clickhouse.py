@@ -4,17 +4,14 @@ events), then the embedded store is opened and compared with the reference model
 
 from __future__ import annotations
 
-import asyncio
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
-from metering.clickhouse.board import MemberStatus, member_board
+from metering.clickhouse.board import MemberStatus, read_member_board
 from metering.clickhouse.store import Store
-from metering.gate import Gate
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import account
 from tests.e2e.test_crash_safety import SEED, build_workload, emit_in_order, workload_time
@@ -53,18 +50,14 @@ FROM metering.usage_events GROUP BY org_id, month
 
 def board(pipeline: Pipeline, store: Store, org: str, month: str) -> list[MemberStatus]:
     settings = pipeline.settings
-
-    async def read() -> list[MemberStatus]:
-        client = Redis.from_url(settings.redis_url)
-        try:
-            gate = Gate(
-                client, settings.load_price_book(), lambda: datetime.now(UTC), settings.redis_prefix
-            )
-            return await member_board(store, client, gate, org, month, prefix=settings.redis_prefix)
-        finally:
-            await client.aclose()
-
-    return asyncio.run(read())
+    return read_member_board(
+        settings.redis_url,
+        settings.load_price_book(),
+        store,
+        org,
+        month,
+        prefix=settings.redis_prefix,
+    )
 
 
 def test_rows_equal_accepted_events_and_rollups_equal_rows(pipeline: Pipeline) -> None:
