@@ -2,19 +2,26 @@
 cap stops a user, how fast the gate answers — and the raw Kafka ceiling beside it.
 
 Method (all on a private topic namespace with 12 partitions, against the local stack):
-1. backlog: N usage events for 200 orgs are emitted first; one `metering worker` is then
-   started and timed until its consumer group has committed all of them (events/s
-   sustained, including start-up and group join);
+1. backlog: N usage events for 200 orgs are emitted first; `metering worker` processes
+   (METERING_BENCH_WORKERS, default 1) are then started and timed until their consumer
+   group has committed all of them (events/s sustained, including start-up and group
+   join; also the rate after the first commit, and the workers' CPU time per event then,
+   which varies far less than rates on shared cores);
 2. raw ceiling: a plain confluent-kafka consumer reads the same topic end to end;
-3. event-to-block: while background traffic flows at a fixed rate, an event that takes
-   a member over their cap is emitted and the gate is polled until it says
-   `user_cap_reached` (p50/p99 over many trials);
+3. event-to-block: while background traffic flows at METERING_BENCH_BACKGROUND_RATE
+   events/s (default 2,000), an event that takes a member over their cap is emitted and
+   the gate is polled until it says `user_cap_reached` (p50/p90/p99/max over
+   METERING_BENCH_BLOCK_TRIALS trials, default 100);
 4. gate: sequential `Gate.check` calls (p50/p99, one Redis round trip each).
+
+METERING_BENCH_SUSTAINED_ONLY=1 stops after step 1; METERING_BENCH_PROFILE=<prefix> samples
+each worker with py-spy (installed separately) into <prefix>-<n>.txt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import statistics
@@ -42,10 +49,15 @@ from metering.traffic import TrafficGenerator
 BACKLOG_EVENTS = int(os.environ.get("METERING_BENCH_EVENTS", "200000"))
 PARTITIONS = 12
 ORGS = 200
-BLOCK_TRIALS = int(os.environ.get("METERING_BENCH_BLOCK_TRIALS", "40"))
-BACKGROUND_RATE_PER_S = 2000
+BLOCK_TRIALS = int(os.environ.get("METERING_BENCH_BLOCK_TRIALS", "100"))
+BACKGROUND_RATE_PER_S = int(os.environ.get("METERING_BENCH_BACKGROUND_RATE", "2000"))
 GATE_CALLS = 5000
 WORKERS = int(os.environ.get("METERING_BENCH_WORKERS", "1"))
+# Only the sustained run (no raw ceiling, block latency or gate): quicker A/B comparisons.
+SUSTAINED_ONLY = os.environ.get("METERING_BENCH_SUSTAINED_ONLY", "") == "1"
+# A path prefix: each worker is sampled by `py-spy record` (installed separately) into
+# <prefix>-<n>.txt, collapsed stacks.
+PROFILE = os.environ.get("METERING_BENCH_PROFILE", "")
 RESULTS = Path(__file__).parent / "results.json"
 
 
@@ -124,16 +136,24 @@ async def _gate_answer(gate: Gate, org: str, user: str) -> str | None:
     return decision.reason.value if decision.reason else None
 
 
-def _background(settings: Settings, traffic: TrafficGenerator, stop: threading.Event) -> None:
-    """Steady usage at BACKGROUND_RATE_PER_S while the block latency is measured."""
+def _background(
+    settings: Settings, traffic: TrafficGenerator, stop: threading.Event, sent: list[float]
+) -> None:
+    """Steady usage at BACKGROUND_RATE_PER_S while the block latency is measured, paced
+    by the clock (a sleep per event undershoots at thousands per second). Appends the
+    rate achieved to `sent`."""
     with Emitter(settings.kafka_bootstrap, usage_topic=settings.topics.usage_events) as emitter:
-        for index, event in enumerate(traffic.usage_events(10**7, timedelta(minutes=1))):
-            if stop.is_set():
-                break
-            emitter.emit_usage(
-                {**event, "event_id": f"bg-{index}", "occurred_at": datetime.now(UTC).isoformat()}
-            )
-            time.sleep(1 / BACKGROUND_RATE_PER_S)
+        events = enumerate(traffic.usage_events(10**7, timedelta(minutes=1)))
+        started, emitted = time.perf_counter(), 0
+        while not stop.is_set():
+            due = int((time.perf_counter() - started) * BACKGROUND_RATE_PER_S)
+            for index, event in itertools.islice(events, max(due - emitted, 0)):
+                emitter.emit_usage(
+                    {**event, "event_id": f"bg-{index}", "occurred_at": _now()},
+                )
+                emitted += 1
+            time.sleep(0.001)
+        sent.append(emitted / (time.perf_counter() - started))
 
 
 def _now() -> str:
@@ -219,6 +239,76 @@ async def _block_latency(settings: Settings, traffic: TrafficGenerator) -> list[
     return latencies
 
 
+def _start_workers(
+    settings: Settings,
+) -> tuple[list[subprocess.Popen[bytes]], list[subprocess.Popen[bytes]]]:
+    """WORKERS `metering worker` processes, and a py-spy sampling each if PROFILE."""
+    with Path("var/bench-worker.log").open("ab") as log:
+        workers = [
+            subprocess.Popen(
+                [str(Path(sys.executable).parent / "metering"), "worker"],
+                env=_env(settings),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            for _ in range(WORKERS)
+        ]
+    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
+    profilers = [
+        subprocess.Popen(
+            [
+                *py_spy,
+                "--nonblocking",
+                "--idle",
+                "--threads",
+                "--output",
+                f"{PROFILE}-{n}.txt",
+                "--pid",
+                str(w.pid),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n, w in enumerate(workers)
+        if PROFILE
+    ]
+    return workers, profilers
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _sustained(settings: Settings, started: float, pids: list[int]) -> dict[str, Any]:
+    """Until the group has committed the whole backlog. Besides the rates, the workers'
+    CPU time per event after start-up: on shared cores it varies far less than the rate."""
+    first_progress = None  # (when, lag, CPU) at the group's first commit (start-up over)
+    while (lag := _lag(settings)) > 0:
+        if first_progress is None and lag < BACKLOG_EVENTS:
+            first_progress = (time.perf_counter(), lag, _cpu_seconds(pids))
+        time.sleep(0.5)
+    finished, cpu = time.perf_counter(), _cpu_seconds(pids)
+    elapsed = finished - started
+    steady = cpu_per_event = 0.0
+    if first_progress:
+        steady = first_progress[1] / (finished - first_progress[0])
+        cpu_per_event = (cpu - first_progress[2]) / first_progress[1]
+    return {
+        "workers": WORKERS,
+        "events": BACKLOG_EVENTS,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(BACKLOG_EVENTS / elapsed),
+        # After the first commit: without start-up and group join (±0.5 s polling).
+        "steady_events_per_s": round(steady),
+        "worker_cpu_us_per_event": round(cpu_per_event * 1e6, 1),
+    }
+
+
 def main() -> None:
     settings = _settings()
     ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())
@@ -237,35 +327,24 @@ def main() -> None:
         emitter.emit_usage(event)
     emitter.flush()
     started = time.perf_counter()
-    with Path("var/bench-worker.log").open("ab") as log:
-        workers = [
-            subprocess.Popen(
-                [str(Path(sys.executable).parent / "metering"), "worker"],
-                env=_env(settings),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            for _ in range(WORKERS)
-        ]
+    workers, profilers = _start_workers(settings)
     results: dict[str, Any] = {}
     try:
-        while _lag(settings) > 0:
-            time.sleep(0.5)
-        elapsed = time.perf_counter() - started
-        results["pipeline"] = {
-            "workers": WORKERS,
-            "events": BACKLOG_EVENTS,
-            "seconds": round(elapsed, 2),
-            "events_per_s": round(BACKLOG_EVENTS / elapsed),
-        }
+        results["pipeline"] = _sustained(settings, started, [w.pid for w in workers])
+        elapsed = results["pipeline"]["seconds"]
+        if SUSTAINED_ONLY:
+            print(json.dumps(results["pipeline"]))
+            return
         raw = _raw_ceiling(settings, BACKLOG_EVENTS)
         results["raw_consumer"] = {
             "messages_per_s": round(raw),
             "pipeline_ratio": round(BACKLOG_EVENTS / elapsed / raw, 3),
         }
 
-        stop = threading.Event()
-        load = threading.Thread(target=_background, args=(settings, traffic, stop), daemon=True)
+        stop, achieved = threading.Event(), list[float]()
+        load = threading.Thread(
+            target=_background, args=(settings, traffic, stop, achieved), daemon=True
+        )
         load.start()
         try:
             latencies = asyncio.run(_block_latency(settings, traffic))
@@ -275,8 +354,12 @@ def main() -> None:
         results["event_to_block"] = {
             "trials": len(latencies),
             "background_rate_per_s": BACKGROUND_RATE_PER_S,
+            "background_rate_achieved_per_s": round(achieved[0]) if achieved else None,
             "latency_ms_p50": _pct(latencies, 0.5),
+            "latency_ms_p90": _pct(latencies, 0.9),
             "latency_ms_p99": _pct(latencies, 0.99),
+            "latency_ms_max": _pct(latencies, 1.0),
+            "latencies_ms": [round(v, 1) for v in latencies],
         }
         results["gate"] = asyncio.run(_gate_bench(settings, traffic))
     finally:
@@ -284,6 +367,8 @@ def main() -> None:
             worker.terminate()
         for worker in workers:
             worker.wait(timeout=60)
+        for profiler in profilers:
+            profiler.wait(timeout=60)
         _cleanup(settings)
 
     table = Table(
@@ -297,7 +382,8 @@ def main() -> None:
     )
     table.add_row(
         "pipeline sustained",
-        f"{p['events_per_s']:,} events/s ({p['events']:,} events, {p['seconds']} s)",
+        f"{p['events_per_s']:,} events/s ({p['events']:,} events, {p['seconds']} s; "
+        f"{p['steady_events_per_s']:,}/s after the first commit)",
     )
     table.add_row(
         "raw consumer ceiling",

@@ -1,10 +1,33 @@
 """`metering worker`: the faust-streaming app that runs the account and usage processors.
 
-Each agent consumes its topic in batches (`take_events`: up to BATCH_SIZE records or
-BATCH_WINDOW_S), hands them to a processor, publishes the outputs and only then lets faust
-acknowledge the batch (offsets are committed from acknowledgements). We do not rely on
-faust's exactly-once mode: every Redis write is idempotent on its own (see
-`metering.enforcement`).
+Each agent takes its topic in batches (`take_events`: up to BATCH_SIZE records or what
+came in BATCH_WINDOW_S) and hands them to a `BatchPipeline`, which returns at once, so
+faust fills the next batch meanwhile. The pipeline's applier then, batch after batch:
+
+1. gathers what was taken — at once, unless a backlog waits in faust already, when it
+   takes more in first (up to APPLY_TARGET records or GATHER_MAX_S): per record, a big
+   batch costs less (one Lua script per org and partition, whatever its size);
+2. applies it: the processor runs its Lua scripts (one pipelined round trip) and decides
+   the outputs, which are handed to the producer at once. One batch after the other, so
+   Redis sees each partition's records in offset order;
+3. completes it, in a task of its own: waits for the broker to acknowledge the outputs
+   (acks=all), records the notification marks, then — after the previous batch —
+   acknowledges its input to faust. Offsets are committed from acknowledgements only.
+
+Step 3 of a batch overlaps steps 1–2 of the next ones (at most MAX_IN_FLIGHT batches wait
+for their acks). A batch due notifications completes before the next one is applied,
+so the next scripts see its marks and nothing is notified twice.
+
+Faust acknowledges a batch's events itself when the agent asks `take_events` for the
+next batch; so each event's message carries one extra reference, taken as the agent
+receives it and released by step 3, and faust's final acknowledgement comes from
+whichever release is last. Hence an offset is committed only after its batch's Redis
+writes are applied and its outputs are durable, and after every earlier batch's: a crash
+(even SIGKILL) loses no output of a committed offset; uncommitted batches are replayed,
+and every Redis write is idempotent on its own (see `metering.enforcement`). A rebalance
+waits (faust's `wait_empty`) until the events taken are acknowledged: the applier gets
+to them within GATHER_MAX_S even when no more input comes. We do not rely on faust's
+exactly-once mode.
 
 A batch is never given up: Redis or Kafka errors are retried with back-off. Anything
 unexpected stops the process at once (`os._exit`), because leaving the agent's loop with
@@ -14,12 +37,14 @@ an exception would let faust acknowledge the batch as if it had been handled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import traceback
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import faust
 from confluent_kafka import KafkaException
@@ -29,15 +54,27 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.notify import BatchResult, record_marks, resume_past_months
-from metering.enforcement.publisher import Publisher, PublishFailed
+from metering.enforcement.publisher import Delivery, Publisher, PublishFailed
 from metering.enforcement.records import SourceRecord, month_of
 from metering.enforcement.usage_processor import UsageProcessor
 from metering.settings import Settings
 
 log = logging.getLogger("metering.worker")
 
+# faust hands the agent up to BATCH_SIZE records at once, or what came in BATCH_WINDOW_S.
 BATCH_SIZE = 2000
-BATCH_WINDOW_S = 0.05
+BATCH_WINDOW_S = 0.035
+# What is taken is applied at once, unless GATHER_MIN_WAITING more records wait in faust
+# already (a backlog): then more is taken in first, up to APPLY_TARGET records or for
+# GATHER_MAX_S, as bigger batches cost less per record (fewer scripts per record).
+# At most MAX_PENDING records wait to be applied (back-pressure).
+APPLY_TARGET = 2000
+APPLY_MAX = 4000
+GATHER_MIN_WAITING = 200
+GATHER_MAX_S = 0.1
+MAX_PENDING = 4000
+MAX_IN_FLIGHT = 2  # batches per agent applied but not yet acknowledged by the broker
+DRAIN_TIMEOUT_S = 10.0  # on shutdown, how long in-flight batches may take to complete
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 EXIT_UNEXPECTED = 70
 NEW_MONTH_CHECK_S = 60.0
@@ -60,26 +97,170 @@ def _record(event: Any) -> SourceRecord:
     )
 
 
-async def handle_batch(
-    processor: Processor, publisher: Publisher, client: Redis, records: Sequence[SourceRecord]
-) -> BatchResult:
-    """Process, publish, record — retried until it succeeds; each step is idempotent."""
+def _exit_unexpected() -> NoReturn:
+    traceback.print_exc()
+    log.critical("unexpected error; exiting so the batch is not acknowledged")
+    os._exit(EXIT_UNEXPECTED)
+
+
+async def _backoff(attempt: int, what: str, exc: BaseException) -> None:
+    delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+    log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
+    await asyncio.sleep(delay)
+
+
+async def process_batch(processor: Processor, records: Sequence[SourceRecord]) -> BatchResult:
+    """Apply a batch to Redis and decide its outputs — retried until it succeeds (the
+    scripts are idempotent: a replayed record is recognised, never counted twice)."""
     attempt = 0
     while True:
         try:
-            result = await processor.process(records)
-            await publisher.publish(result.outputs)
-            await record_marks(client, result.marks)
-            return result
+            return await processor.process(records)
         except RETRYABLE as exc:
-            delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-            log.warning("batch of %d failed (%s); retrying in %.1f s", len(records), exc, delay)
+            await _backoff(attempt, f"batch of {len(records)}", exc)
             attempt += 1
-            await asyncio.sleep(delay)
         except Exception:
-            traceback.print_exc()
-            log.critical("unexpected error; exiting so the batch is not acknowledged")
-            os._exit(EXIT_UNEXPECTED)
+            _exit_unexpected()
+
+
+async def deliver_and_record(
+    publisher: Publisher, client: Redis, result: BatchResult, delivery: Delivery | None = None
+) -> None:
+    """Until the broker has every output of `result` (re-sent after a failure: consumers
+    de-duplicate), then record its notification marks — retried until it succeeds."""
+    attempt = 0
+    while True:
+        try:
+            if delivery is None:
+                delivery = await publisher.send(result.outputs)
+            await delivery
+            await record_marks(client, result.marks)
+            return
+        except RETRYABLE as exc:
+            delivery = None
+            await _backoff(attempt, f"publishing {len(result.outputs)} outputs", exc)
+            attempt += 1
+        except Exception:
+            _exit_unexpected()
+
+
+class BatchPipeline:
+    """One agent's batches through the steps described in the module docstring."""
+
+    def __init__(
+        self, stream: Any, processor: Processor, publisher: Publisher, client: Redis
+    ) -> None:
+        self._stream = stream
+        self._processor = processor
+        self._publisher = publisher
+        self._client = client
+        self._pending: list[Any] = []  # taken from faust (and held), not yet applied
+        self._pending_since = 0.0  # when the oldest pending event was taken
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._applier: asyncio.Task[None] | None = None
+        self._in_flight: deque[asyncio.Task[None]] = deque()  # completions, in batch order
+        self._next_offsets: dict[Any, int] = {}  # per partition: after the last one taken
+
+    async def take(self, events: Sequence[Any]) -> None:
+        """Hold a `take_events` batch and queue it for the applier. Returns at once (so
+        faust fills the next batch meanwhile) unless MAX_PENDING events wait already."""
+        next_offsets = self._next_offsets
+        for event in events:
+            message = event.message
+            message.incref()  # released in `_complete`, once the batch is durable
+            next_offsets[message.tp] = message.offset + 1
+        if not self._pending:
+            self._pending_since = asyncio.get_running_loop().time()
+        self._pending.extend(events)
+        self._arrived.set()
+        if self._applier is None:
+            self._applier = asyncio.create_task(self._apply_forever())
+        while len(self._pending) >= MAX_PENDING:
+            self._room.clear()
+            await self._room.wait()
+
+    def _waiting_input(self) -> int:
+        """Records in the partitions we read that faust has not handed over yet (to the
+        high watermark of the last fetch): the backlog."""
+        consumer = self._stream.app.consumer
+        waiting = 0
+        for tp, next_offset in self._next_offsets.items():
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # e.g. a partition no longer assigned: only a heuristic
+                continue
+            if high:
+                waiting += max(high - next_offset, 0)
+        return waiting
+
+    async def _gather(self) -> list[Any]:
+        """The next batch to apply: what is pending — after taking in more while at least
+        GATHER_MIN_WAITING records wait in faust already (a backlog: bigger batches cost
+        less per record), up to APPLY_TARGET records or GATHER_MAX_S; at once otherwise
+        (waiting for input still to come would only add latency)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            timeout = None
+            if self._pending:
+                timeout = self._pending_since + GATHER_MAX_S - loop.time()
+                if (
+                    len(self._pending) >= APPLY_TARGET
+                    or timeout <= 0
+                    or self._waiting_input() < GATHER_MIN_WAITING
+                ):
+                    break
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        events, self._pending = self._pending[:APPLY_MAX], self._pending[APPLY_MAX:]
+        self._room.set()
+        return events
+
+    async def _apply_forever(self) -> None:
+        try:
+            while True:
+                events = await self._gather()
+                result = await process_batch(self._processor, [_record(e) for e in events])
+                delivery = await self._publisher.send(result.outputs)  # in batch order
+                previous = self._in_flight[-1] if self._in_flight else None
+                task = asyncio.create_task(self._complete(events, result, delivery, previous))
+                self._in_flight.append(task)
+                if result.marks:
+                    await asyncio.shield(task)  # the next batch's scripts must see the marks
+                while self._in_flight and (
+                    self._in_flight[0].done() or len(self._in_flight) > MAX_IN_FLIGHT
+                ):
+                    await asyncio.shield(self._in_flight.popleft())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            _exit_unexpected()
+
+    async def _complete(
+        self,
+        events: Sequence[Any],
+        result: BatchResult,
+        delivery: Delivery,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
+        await deliver_and_record(self._publisher, self._client, result, delivery)
+        if previous is not None:
+            await previous  # acknowledgements in batch order
+        try:
+            for event in events:
+                await self._stream.ack(event)
+        except Exception:
+            _exit_unexpected()
+
+    async def drain(self) -> None:
+        """Shutdown: apply nothing more; let the batches in flight complete (fewer
+        replays). Whatever is not acknowledged is replayed by the next owner."""
+        if self._applier is not None:
+            self._applier.cancel()
+        pending = [task for task in self._in_flight if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -119,9 +300,13 @@ def create_app(settings: Settings) -> faust.App:
 
     # faust ships no type information for streams.
     async def run(stream: Any, processor: Processor) -> AsyncIterator[None]:
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WINDOW_S):
-            await handle_batch(processor, publisher, client, [_record(e) for e in events])
-            yield None
+        pipeline = BatchPipeline(stream, processor, publisher, client)
+        try:
+            async for events in stream.take_events(BATCH_SIZE, within=BATCH_WINDOW_S):
+                await pipeline.take(events)
+                yield None
+        finally:
+            await pipeline.drain()
 
     @app.agent(raw_topic(topics.account_events), name="account-processor")
     async def account_agent(stream: Any) -> AsyncIterator[None]:

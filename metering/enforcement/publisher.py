@@ -1,24 +1,92 @@
-"""Publishes a batch's outputs and waits until the broker has all of them.
+"""Publishes a batch's outputs and tells when the broker has all of them.
 
-The worker calls it before it lets faust acknowledge the batch, so an offset is never
-committed for input whose outputs might still be lost (at-least-once; consumers de-dup
-by event_id / notification_id).
+The worker lets faust acknowledge a batch only once its outputs are acknowledged by the
+broker, so an offset is never committed for input whose outputs might still be lost
+(at-least-once; consumers de-dup by event_id / notification_id).
+
+Two ways in:
+- `send` (asyncio, the worker): hands the messages to the producer at once, in order,
+  and returns a `Delivery` to await. No executor hop and no `flush()` per batch, so the
+  next batch is processed while this one waits for its acks. Delivery reports are served
+  on the event loop (`poll(0)` every POLL_INTERVAL_S while any are outstanding): a poll
+  thread would take the GIL once per report, and a busy loop thread hands it over only
+  every switch interval (5 ms), which throttles the reports.
+- `publish_blocking` (threads, e.g. the ClickHouse sink): produce and flush.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Generator, Sequence
+from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from metering.emitter import producer_config
 from metering.enforcement.records import OutputMessage
 
+POLL_INTERVAL_S = 0.001
+BUFFER_FULL_WAIT_S = 0.005
+
 
 class PublishFailed(RuntimeError):
     pass
+
+
+class Delivery:
+    """The broker's acknowledgement of one `send`: await it; it raises `PublishFailed` if
+    any message failed or could not be handed to the producer.
+
+    The last delivery report settles it, through the loop (thread-safe: the reports come
+    from whichever thread polls the producer, normally the loop's own)."""
+
+    __slots__ = ("_errors", "_future", "_lock", "_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, count: int) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] = loop.create_future()
+        self._pending = count
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+        if count == 0:
+            self._future.set_result(None)
+
+    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        """One message's delivery report."""
+        with self._lock:
+            if error is not None:
+                self._errors.append(error.str())
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self._loop.call_soon_threadsafe(self._settle)
+
+    def unsent(self, count: int, reason: str) -> None:
+        """`count` messages never reached the producer (on the loop thread)."""
+        with self._lock:
+            self._errors.append(reason)
+            self._pending -= count
+            last = self._pending == 0
+        if last:
+            self._settle()
+
+    def _settle(self) -> None:
+        if self._future.done():
+            return
+        if self._errors:
+            self._future.set_exception(
+                PublishFailed(f"{len(self._errors)} failed; first: {self._errors[0]}")
+            )
+        else:
+            self._future.set_result(None)
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._future.__await__()
 
 
 class Publisher:
@@ -26,6 +94,54 @@ class Publisher:
         self._producer = Producer(
             producer_config(bootstrap), logger=logging.getLogger("metering.kafka")
         )
+        self._outstanding: set[Delivery] = set()
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- asyncio -------------------------------------------------------------------
+
+    async def _poll_while_outstanding(self) -> None:
+        poll = self._producer.poll
+        outstanding = self._outstanding
+        while outstanding:
+            await asyncio.sleep(POLL_INTERVAL_S)
+            poll(0)  # runs the delivery reports that are due, here on the loop thread
+            for delivery in [d for d in outstanding if d.done()]:
+                outstanding.discard(delivery)
+        self._poller = None
+
+    async def send(self, messages: Sequence[OutputMessage]) -> Delivery:
+        """Hand `messages` to the producer now, in order, and return their `Delivery`.
+        Waits (without blocking the loop) only while the producer's queue is full."""
+        delivery = Delivery(asyncio.get_running_loop(), len(messages))
+        if not messages:
+            return delivery
+        self._outstanding.add(delivery)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll_while_outstanding())
+        produce = self._producer.produce
+        report = delivery.on_delivery
+        for index, message in enumerate(messages):
+            while True:
+                try:
+                    produce(
+                        message.topic,
+                        value=message.value,
+                        key=message.key.encode(),
+                        on_delivery=report,
+                    )
+                    break
+                except BufferError:
+                    await asyncio.sleep(BUFFER_FULL_WAIT_S)  # the poller drains it
+                except KafkaException as exc:
+                    delivery.unsent(len(messages) - index, str(exc))
+                    return delivery
+        return delivery
+
+    async def publish(self, messages: Sequence[OutputMessage]) -> None:
+        """Send and wait for the broker's acknowledgement of every message."""
+        await (await self.send(messages))
+
+    # -- threads -------------------------------------------------------------------
 
     def publish_blocking(self, messages: Sequence[OutputMessage]) -> None:
         errors: list[str] = []
@@ -49,7 +165,3 @@ class Publisher:
         remaining = self._producer.flush(60)
         if errors or remaining:
             raise PublishFailed(f"{len(errors)} failed, {remaining} unsent; first: {errors[:1]}")
-
-    async def publish(self, messages: Sequence[OutputMessage]) -> None:
-        if messages:
-            await asyncio.get_running_loop().run_in_executor(None, self.publish_blocking, messages)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 
 def _source(name: str) -> str:
@@ -20,3 +23,25 @@ class Scripts:
         self.apply_usage: AsyncScript = client.register_script(_source("apply_usage.lua"))
         self.apply_account: AsyncScript = client.register_script(_source("apply_account.lua"))
         self.restore_usage: AsyncScript = client.register_script(_source("restore_usage.lua"))
+
+
+async def run_pipelined(
+    client: Redis, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run `script` once per (keys, args) of `calls`, in one pipelined round trip, by SHA.
+
+    redis-py checks a pipeline's registered scripts with SCRIPT EXISTS before every
+    execution, a second round trip per batch; here the SHA is sent as is, and after a
+    NOSCRIPT (Redis restarted or its scripts flushed) the script is loaded and the whole
+    pipeline run again — which callers' scripts must allow (ours are idempotent)."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            if attempt:
+                raise
+            script.sha = await client.script_load(script.script)
+    raise AssertionError("unreachable")

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +35,7 @@ from metering.enforcement.records import (
     digest_bytes,
     priced_json,
 )
+from metering.enforcement.scripts import run_pipelined
 from metering.enforcement.state_codec import decode_member
 from schemas.account import BillingMode, Plan, SeatType
 from schemas.usage import UsageEvent
@@ -43,7 +44,7 @@ from schemas.validation import InvalidEvent, Reason, encode_event, parse_usage_e
 LEGACY_ALLOWANCE_SEATS = (SeatType.STANDARD, SeatType.PREMIUM)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Valid:
     record: SourceRecord
     event: UsageEvent
@@ -92,7 +93,16 @@ class UsageProcessor(BatchProcessor):
     ) -> None:
         super().__init__(*args, **kwargs)
         self._allowances = {}
+        self._member_allowances: dict[tuple[str, date], int] = {}
+        self._parsed_thresholds: dict[str, tuple[Decimal, ...]] = {}
+        self._received: tuple[int, datetime] = (-1, datetime.min)
         self._balance_levels = balance_levels_nano_usd
+
+    def _received_at(self, record: SourceRecord) -> datetime:
+        # Records of one produce request share their append time: keep the last one.
+        if record.timestamp_ms != self._received[0]:
+            self._received = (record.timestamp_ms, record.received_at)
+        return self._received[1]
 
     def _validate(self, record: SourceRecord, result: BatchResult) -> _Valid | None:
         def reject(reason: str, detail: str, event_id: str | None = None) -> None:
@@ -102,7 +112,7 @@ class UsageProcessor(BatchProcessor):
             reject(Reason.MALFORMED_JSON.value, "record has no value")
             return None
         try:
-            event = parse_usage_event(record.value, now=record.received_at)
+            event = parse_usage_event(record.value, now=self._received_at(record))
         except InvalidEvent as exc:
             reject(exc.reason.value, exc.detail)
             return None
@@ -135,8 +145,8 @@ class UsageProcessor(BatchProcessor):
         if not groups:
             return result
 
-        pipe = self._redis.pipeline(transaction=False)
         ordered = list(groups.items())
+        calls = []
         for (org_id, partition), events in ordered:
             args: list[Any] = [partition]
             args += [
@@ -153,10 +163,8 @@ class UsageProcessor(BatchProcessor):
                 )
                 for v in events
             ]
-            await self._scripts.apply_usage(
-                keys=[OrgKeys(self._prefix, org_id).base], args=args, client=pipe
-            )
-        replies = await pipe.execute()
+            calls.append(([OrgKeys(self._prefix, org_id).base], args))
+        replies = await run_pipelined(self._redis, self._scripts.apply_usage, calls)
 
         for ((org_id, _partition), events), reply in zip(ordered, replies, strict=True):
             state = json.loads(reply)
@@ -195,6 +203,25 @@ class UsageProcessor(BatchProcessor):
                 }[code]
                 self._reject(result, valid.record, reason.value, detail, valid.event.event_id)
 
+    def _allowance(self, raw_member: str | None, day: date) -> int:
+        """The member's monthly seat allowance (0 if not a member); the price book and
+        the few seat|role strings are fixed, so the answers are kept."""
+        key = (raw_member or "", day)
+        allowance = self._member_allowances.get(key)
+        if allowance is None:
+            member: Member | None = decode_member(raw_member or None)
+            allowance = (
+                self._book.seat_price(member.seat, day).monthly_usage_allowance if member else 0
+            )
+            self._member_allowances[key] = allowance
+        return allowance
+
+    def _thresholds(self, raw: str) -> tuple[Decimal, ...]:
+        thresholds = self._parsed_thresholds.get(raw)
+        if thresholds is None:
+            thresholds = self._parsed_thresholds[raw] = tuple(Decimal(t) for t in json.loads(raw))
+        return thresholds
+
     def _notifications(
         self, org_id: str, events: list[_Valid], state: dict[str, Any], result: BatchResult
     ) -> None:
@@ -205,15 +232,11 @@ class UsageProcessor(BatchProcessor):
             day = date.fromisoformat(f"{month}-01")
             users = {}
             for user_id, u in numbers["users"].items():
-                member: Member | None = decode_member(u["member"] or None)
-                allowance = (
-                    self._book.seat_price(member.seat, day).monthly_usage_allowance if member else 0
-                )
                 users[user_id] = UserSpend(
                     spend_nano_usd=int(u["spend"]),
                     cap_nano_usd=int(u["cap"]) if u["cap"] else None,
                     allowance_used_nano_usd=int(u["allowance_used"]),
-                    allowance_nano_usd=allowance,
+                    allowance_nano_usd=self._allowance(u["member"], day),
                 )
             snapshot = SpendSnapshot(
                 org_id=org_id,
@@ -221,7 +244,7 @@ class UsageProcessor(BatchProcessor):
                 plan=Plan(meta["plan"]),
                 billing_mode=BillingMode(meta["billing_mode"]),
                 extra_usage=meta.get("extra_usage") == "1",
-                thresholds=tuple(Decimal(t) for t in json.loads(meta["thresholds"])),
+                thresholds=self._thresholds(meta["thresholds"]),
                 org_spend_nano_usd=int(numbers["org"]),
                 org_cap_nano_usd=int(meta["org_cap"]) if meta.get("org_cap") else None,
                 balance_nano_usd=int(state["balance"]),
