@@ -267,11 +267,18 @@ class ClickHouseSink:
         self.flush()
 
     def _caught_up(self) -> bool:
-        """Every assigned partition committed up to its end (nothing pending)."""
-        assigned = self._consumer.assignment()
-        if not assigned or self._pending:
+        """Every partition of the input topics committed up to its end, nothing pending.
+        All partitions, not only ours: right after a sink was killed its partitions stay
+        with the dead member until the session times out, and are only then ours."""
+        if self._pending or not self._consumer.assignment():
             return False
-        for tp in self._consumer.committed(assigned, timeout=10):
+        metadata = self._consumer.list_topics(timeout=10).topics
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in (self._topics.usage_priced, self._topics.account_events)
+            for partition in metadata[topic].partitions
+        ]
+        for tp in self._consumer.committed(partitions, timeout=10):
             _low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
             if max(tp.offset, 0) < high:
                 return False
