@@ -266,17 +266,9 @@ def _settings(store_dir: Path) -> Settings:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "METERING_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "METERING_REDIS_URL": settings.redis_url,
-        "METERING_TOPIC_NAMESPACE": settings.topic_namespace,
-        "METERING_REDIS_PREFIX": settings.redis_prefix,
-        "METERING_GROUP_ID": settings.group_id,
-        "METERING_CLICKHOUSE_URL": settings.clickhouse_url,
-        "METERING_API_SECRET": settings.api_secret,
-        "METERING_SINK_IN_WORKER": "false",
-    }
+    # The API alone: no worker needs to write ClickHouse here.
+    own = settings.model_copy(update={"sink_in_worker": False})
+    return {**os.environ, **own.environment()}
 
 
 def _account_events() -> list[dict[str, Any]]:

@@ -55,6 +55,7 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from bench.pipeline import funded_accounts
 from metering.clickhouse import queries
 from metering.clickhouse.migrations import migrate
 from metering.clickhouse.store import Store, StoreInUse
@@ -307,33 +308,8 @@ def _settings(store_url: str) -> Settings:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "METERING_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "METERING_REDIS_URL": settings.redis_url,
-        "METERING_TOPIC_NAMESPACE": settings.topic_namespace,
-        "METERING_REDIS_PREFIX": settings.redis_prefix,
-        "METERING_GROUP_ID": settings.group_id,
-        "METERING_SINK_GROUP_ID": settings.sink_group_id,
-        "METERING_CLICKHOUSE_URL": settings.clickhouse_url,
-        "METERING_SINK_IN_WORKER": "true",
-    }
-
-
-def _accounts(traffic: TrafficGenerator) -> list[dict[str, Any]]:
-    events = list(traffic.account_events())
-    for org in traffic.orgs:  # enough credits that nobody stops during the backlog
-        events.append(
-            {
-                "event_id": f"bench-credit-{org.org_id}",
-                "type": "credits.purchased",
-                "org_id": org.org_id,
-                "occurred_at": traffic.start.isoformat(),
-                "actor": None,
-                "data": {"purchase_id": f"bench-{org.org_id}", "amount": "1000000.00"},
-            }
-        )
-    return events
+    own = settings.model_copy(update={"sink_in_worker": True})
+    return {**os.environ, **own.environment()}
 
 
 class _GroupProbe:
@@ -544,7 +520,7 @@ def sink_bench() -> dict[str, Any]:
             usage_topic=settings.topics.usage_events,
             account_topic=settings.topics.account_events,
         )
-        accounts = _accounts(traffic)
+        accounts = funded_accounts(traffic)
         for account_event in accounts:
             emitter.emit_account(account_event)
         for event in traffic.usage_events(SINK_EVENTS, timedelta(minutes=50)):

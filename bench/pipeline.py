@@ -78,16 +78,9 @@ def _settings() -> Settings:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "METERING_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "METERING_REDIS_URL": settings.redis_url,
-        "METERING_TOPIC_NAMESPACE": settings.topic_namespace,
-        "METERING_REDIS_PREFIX": settings.redis_prefix,
-        "METERING_GROUP_ID": settings.group_id,
-        # The processors alone: the ClickHouse sink has its own benchmark.
-        "METERING_SINK_IN_WORKER": "false",
-    }
+    # The processors alone: the ClickHouse sink has its own benchmark.
+    own = settings.model_copy(update={"sink_in_worker": False})
+    return {**os.environ, **own.environment()}
 
 
 def _lag(settings: Settings) -> int:
@@ -115,7 +108,7 @@ def _raw_ceiling(settings: Settings, expected: int) -> float:
     return seen / elapsed
 
 
-def _accounts(traffic: TrafficGenerator) -> list[dict[str, Any]]:
+def funded_accounts(traffic: TrafficGenerator) -> list[dict[str, Any]]:
     events = list(traffic.account_events())
     for org in traffic.orgs:  # enough credits that nobody stops during the backlog
         events.append(
@@ -321,7 +314,7 @@ def main() -> None:
         usage_topic=settings.topics.usage_events,
         account_topic=settings.topics.account_events,
     )
-    for event in _accounts(traffic):
+    for event in funded_accounts(traffic):
         emitter.emit_account(event)
     for event in traffic.usage_events(BACKLOG_EVENTS, timedelta(minutes=50)):
         emitter.emit_usage(event)

@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     # between the insert and the offset commit (0: never).
     sink_exit_after_batches: int = 0
 
+    def environment(self) -> dict[str, str]:
+        """These settings as `METERING_*` variables, for a child process that must run
+        on exactly the same ones (a worker, a sink, an API started by a test or a
+        benchmark)."""
+        return {
+            f"METERING_{name.upper()}": str(value).lower()
+            if isinstance(value, bool)
+            else str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
     @property
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_namespace)

@@ -199,27 +199,29 @@ async def role_of(svc: Services, org_id: str, user_id: str) -> Role | None:
     return decoded.role if decoded else None
 
 
-async def owner(svc: Services, who: Caller, org_id: str) -> None:
+async def owner(svc: Services, who: Caller, org_id: str) -> Role:
+    """The caller's role, if it may spend money or change limits (R14); else 403."""
     same_org(who, org_id)
     assert who.user_id is not None
     role = await role_of(svc, org_id, who.user_id)
-    if role not in MONEY_ROLES:
+    if role is None or role not in MONEY_ROLES:
         raise HTTPException(403, "only owners and the primary owner may do this (R14)")
+    return role
 
 
 async def append(
-    svc: Services, who: Caller, org_id: str, kind: str, data: dict[str, Any]
+    svc: Services, who: Caller, role: Role, org_id: str, *, kind: str, data: dict[str, Any]
 ) -> Appended:
-    """Check the change against the org's current account state, then append it and
-    wait until the broker has it."""
+    """Check the change against the org's current account state, then append it with
+    the caller (whose `role` `owner` established) as actor, and wait until the broker
+    has it."""
     assert who.user_id is not None
-    role = await role_of(svc, org_id, who.user_id)
     raw = {
         "event_id": f"api-{uuid.uuid4().hex}",
         "type": kind,
         "org_id": org_id,
         "occurred_at": svc.clock().isoformat(),
-        "actor": {"user_id": who.user_id, "role": (role or Role.MEMBER).value},
+        "actor": {"user_id": who.user_id, "role": role.value},
         "data": data,
     }
     try:
@@ -284,15 +286,15 @@ async def usage(
 
 @router.post("/v1/orgs/{org_id}/credits", response_model=Appended, status_code=202)
 async def buy_credits(org_id: OrgId, body: CreditPurchase, svc: Svc, who: Who) -> Appended:
-    await owner(svc, who, org_id)
+    role = await owner(svc, who, org_id)
     data = {"purchase_id": body.purchase_id, "amount": format_usd(body.amount)}
-    return await append(svc, who, org_id, "credits.purchased", data)
+    return await append(svc, who, role, org_id, kind="credits.purchased", data=data)
 
 
 @router.put("/v1/orgs/{org_id}/spend-caps/org", response_model=Appended, status_code=202)
 async def set_org_cap(org_id: OrgId, body: CapChange, svc: Svc, who: Who) -> Appended:
-    await owner(svc, who, org_id)
-    return await append(svc, who, org_id, "spend_cap.set", _cap(None, body))
+    role = await owner(svc, who, org_id)
+    return await append(svc, who, role, org_id, kind="spend_cap.set", data=_cap(None, body))
 
 
 @router.put(
@@ -301,24 +303,24 @@ async def set_org_cap(org_id: OrgId, body: CapChange, svc: Svc, who: Who) -> App
 async def set_user_cap(
     org_id: OrgId, user_id: UserId, body: CapChange, svc: Svc, who: Who
 ) -> Appended:
-    await owner(svc, who, org_id)
-    return await append(svc, who, org_id, "spend_cap.set", _cap(user_id, body))
+    role = await owner(svc, who, org_id)
+    return await append(svc, who, role, org_id, kind="spend_cap.set", data=_cap(user_id, body))
 
 
 @router.post("/v1/orgs/{org_id}/seats", response_model=Appended, status_code=202)
 async def add_seats(org_id: OrgId, body: SeatChange, svc: Svc, who: Who) -> Appended:
-    await owner(svc, who, org_id)
+    role = await owner(svc, who, org_id)
     data = {"seat_type": body.seat_type.value, "quantity": body.quantity}
-    return await append(svc, who, org_id, "seats.added", data)
+    return await append(svc, who, role, org_id, kind="seats.added", data=data)
 
 
 @router.post("/v1/orgs/{org_id}/seats/removals", response_model=Appended, status_code=202)
 async def remove_seats(org_id: OrgId, body: SeatChange, svc: Svc, who: Who) -> Appended:
     """Self-serve orgs may not remove seats mid-term (R5: 409); sales-assisted removals
     take effect at renewal."""
-    await owner(svc, who, org_id)
+    role = await owner(svc, who, org_id)
     data = {"seat_type": body.seat_type.value, "quantity": body.quantity}
-    return await append(svc, who, org_id, "seats.removed", data)
+    return await append(svc, who, role, org_id, kind="seats.removed", data=data)
 
 
 @router.get("/v1/orgs/{org_id}/documents/preview", status_code=501)

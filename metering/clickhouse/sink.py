@@ -38,7 +38,7 @@ from metering.clickhouse.rows import (
 )
 from metering.clickhouse.store import Store
 from metering.enforcement.publisher import Publisher
-from metering.enforcement.records import OutputMessage, SourceRecord, dead_letter
+from metering.enforcement.records import OutputMessage, SourceRecord, dead_letter_message
 from metering.settings import Settings
 from schemas.validation import Reason
 
@@ -181,7 +181,14 @@ class ClickHouseSink:
                 try:
                     rows.usage.append(usage_row(record))
                 except BadPricedRecord as exc:
-                    rows.rejects.append(self._dead_letter(record, str(exc)))
+                    rows.rejects.append(
+                        dead_letter_message(
+                            self._topics.usage_deadletter,
+                            record,
+                            Reason.INVALID_PRICED_RECORD.value,
+                            str(exc),
+                        )
+                    )
             else:
                 row = self._ledger.apply(record)
                 if row is not None:
@@ -225,11 +232,6 @@ class ClickHouseSink:
                 stored.add(identity)
                 fresh.append(row)
         return fresh
-
-    def _dead_letter(self, record: SourceRecord, detail: str) -> OutputMessage:
-        letter = dead_letter(record, Reason.INVALID_PRICED_RECORD.value, detail)
-        key = record.key.decode("utf-8", "replace") if record.key else ""
-        return OutputMessage(self._topics.usage_deadletter, key, letter.model_dump_json().encode())
 
     def _commit(self, batch: Sequence[SourceRecord]) -> None:
         last: dict[tuple[str, int], int] = {}

@@ -6,10 +6,9 @@ from redis.asyncio import Redis
 
 from billing.pricing import PriceBook
 from metering.enforcement.notify import BatchResult
-from metering.enforcement.records import OutputMessage, SourceRecord, dead_letter
+from metering.enforcement.records import SourceRecord, dead_letter_message
 from metering.enforcement.scripts import Scripts
 from metering.topics import DEFAULT_TOPICS, TopicNames
-from schemas.validation import encode_event
 
 
 class BatchProcessor:
@@ -31,10 +30,8 @@ class BatchProcessor:
         event_id: str | None = None,
     ) -> None:
         """Dead-letter `record` with its reason (G4): never dropped, never a crash."""
-        letter = dead_letter(record, reason, detail, event_id)
-        key = record.key.decode("utf-8", "replace") if record.key else ""
         result.outputs.append(
-            OutputMessage(self._topics.usage_deadletter, key, encode_event(letter))
+            dead_letter_message(self._topics.usage_deadletter, record, reason, detail, event_id)
         )
         result.dead_lettered += 1
         result.dead_letter_reasons[reason] += 1

@@ -93,5 +93,13 @@ def dead_letter(
     )
 
 
+def dead_letter_message(
+    topic: str, record: SourceRecord, reason: str, detail: str, event_id: str | None = None
+) -> OutputMessage:
+    """`record` dead-lettered with its reason, ready for `topic`, keyed like its source."""
+    key = record.key.decode("utf-8", "replace") if record.key else ""
+    return OutputMessage(topic, key, encode_event(dead_letter(record, reason, detail, event_id)))
+
+
 def month_of(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m")

@@ -43,17 +43,7 @@ class Pipeline:
         return self.settings.topics
 
     def env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            "METERING_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "METERING_REDIS_URL": s.redis_url,
-            "METERING_TOPIC_NAMESPACE": s.topic_namespace,
-            "METERING_REDIS_PREFIX": s.redis_prefix,
-            "METERING_GROUP_ID": s.group_id,
-            "METERING_CLICKHOUSE_URL": s.clickhouse_url,
-            "METERING_SINK_GROUP_ID": s.sink_group_id,
-            "METERING_SINK_IN_WORKER": str(self.sink).lower(),
-        }
+        return self.settings.model_copy(update={"sink_in_worker": self.sink}).environment()
 
     # -- the worker ------------------------------------------------------------
     def spawn_worker(self) -> subprocess.Popen[bytes]:
