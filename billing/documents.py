@@ -15,7 +15,7 @@ from datetime import UTC, date, datetime, time
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
-from billing.proration import MONTHS_PER_TERM, remaining_months
+from billing.proration import MONTHS_PER_TERM, remaining_months, rest_of_month, term_end
 from billing.rounding import format_cents, to_cents
 from schemas.documents import CreditStatement, Document, DocumentKind, DocumentLine
 
@@ -47,6 +47,8 @@ class Purchase:
     purchase_id: str
     occurred_at: datetime
     amount_nano_usd: int
+    # Bought in an earlier month but received after that month's statement (G5).
+    late: bool = False
 
 
 def month_period(month: str) -> tuple[date, date]:
@@ -59,7 +61,7 @@ def document_id(org_id: str, kind: DocumentKind, period: str, sequence: int = 1)
     return f"{org_id}.{kind.value}.{period}.{sequence:03d}"
 
 
-def _midnight(day: date) -> datetime:
+def midnight(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
@@ -123,7 +125,7 @@ def usage_invoice(
         period_end=end,
         lines=lines,
         total=format_cents(total),
-        issued_at=_midnight(end),
+        issued_at=midnight(end),
     )
 
 
@@ -142,9 +144,13 @@ def credit_statement(
     lines: list[DocumentLine] = []
     bought = 0
     for purchase in sorted(purchases, key=lambda p: (p.occurred_at, p.purchase_id)):
-        line, cents = _line(
-            f"Credit purchase {purchase.purchase_id}", purchase.amount_nano_usd, "1"
-        )
+        description = f"Credit purchase {purchase.purchase_id}"
+        if purchase.late:
+            description += (
+                f" of {purchase.occurred_at.astimezone(UTC).date().isoformat()}, received "
+                "after that month's statement was issued"
+            )
+        line, cents = _line(description, purchase.amount_nano_usd, "1")
         lines.append(line)
         bought += cents
     usage_lines, used = _usage_lines(usage, late)
@@ -158,7 +164,7 @@ def credit_statement(
         period_end=end,
         lines=lines,
         total=format_cents(bought - used),
-        issued_at=_midnight(end),
+        issued_at=midnight(end),
         opening_balance=format_cents(opening_cents),
         purchases=format_cents(bought),
         usage=format_cents(used),
@@ -197,9 +203,15 @@ def _seat_document(
 
 
 def annual_seat_invoice(
-    org_id: str, term_start: date, seats: list[SeatFee], term_end: date
+    org_id: str,
+    term_start: date,
+    seats: list[SeatFee],
+    *,
+    issued_at: datetime | None = None,
+    sequence: int = 1,
 ) -> Document:
-    """R3: at term start (or renewal), seats × monthly price × 12."""
+    """R3: at term start (or renewal), seats × monthly price × 12. Issued when the event
+    that starts the term is processed (by default: at the term's start)."""
     lines = [
         _line(
             f"{fee.seat_type} seats, {fee.quantity} × 12 months",
@@ -211,10 +223,10 @@ def annual_seat_invoice(
     return _seat_document(
         org_id,
         period=term_start.isoformat(),
-        sequence=1,
+        sequence=sequence,
         start=term_start,
-        end=term_end,
-        issued_at=_midnight(term_start),
+        end=term_end(term_start),
+        issued_at=issued_at or midnight(term_start),
         lines_and_cents=lines,
     )
 
@@ -223,28 +235,61 @@ def added_seat_invoice(
     org_id: str,
     *,
     term_start: date,
-    term_end: date,
     added_at: datetime,
-    fee: SeatFee,
+    fees: list[SeatFee],
     sequence: int,
+    why: str = "added",
 ) -> Document:
-    """R4: seats added mid-term, invoiced at once for the rest of the term."""
-    added_on = added_at.astimezone(UTC).date()
+    """R4: seats added mid-term, invoiced at once for the rest of the term (an early
+    migration, R7, invoices its enterprise seats the same way)."""
+    added_on = max(added_at.astimezone(UTC).date(), term_start)
     months = remaining_months(term_start, added_on)
-    line = _line(
-        f"{fee.quantity} {fee.seat_type} seats added {added_on.isoformat()}, "
-        f"{_months(months)} months remaining",
-        fee.quantity * fee.monthly_fee_nano_usd * months,
-        str(fee.quantity),
-    )
+    lines = [
+        _line(
+            f"{fee.quantity} {fee.seat_type} seats {why} {added_on.isoformat()}, "
+            f"{_months(months)} months remaining",
+            fee.quantity * fee.monthly_fee_nano_usd * months,
+            str(fee.quantity),
+        )
+        for fee in sorted(fees)
+    ]
     return _seat_document(
         org_id,
         period=term_start.isoformat(),
         sequence=sequence,
         start=added_on,
-        end=term_end,
+        end=term_end(term_start),
         issued_at=added_at,
-        lines_and_cents=[line],
+        lines_and_cents=lines,
+    )
+
+
+def rest_of_month_seat_invoice(
+    org_id: str, *, added_at: datetime, fees: list[SeatFee], sequence: int
+) -> Document:
+    """R6 with R4's rule: legacy seats are billed by the month, so seats that arrive
+    mid-month are invoiced at once for the rest of that month (days left, counting the
+    day, over the days in the month); the next months come with the monthly invoice."""
+    added_on = added_at.astimezone(UTC).date()
+    share = rest_of_month(added_on)
+    start, end = month_period(added_on.strftime("%Y-%m"))
+    lines = [
+        _line(
+            f"{fee.quantity} {fee.seat_type} seats from {added_on.isoformat()}, "
+            f"{_months(share)} of a month",
+            fee.quantity * fee.monthly_fee_nano_usd * share,
+            str(fee.quantity),
+        )
+        for fee in sorted(fees)
+    ]
+    return _seat_document(
+        org_id,
+        period=start.strftime("%Y-%m"),
+        sequence=sequence,
+        start=added_on,
+        end=end,
+        issued_at=added_at,
+        lines_and_cents=lines,
     )
 
 
@@ -254,7 +299,9 @@ def _months(months: Fraction) -> str:
 
 
 def monthly_seat_invoice(org_id: str, month: str, seats: list[SeatFee]) -> Document:
-    """R6: a legacy seat-based plan's fixed monthly fee per seat (allowance included)."""
+    """R6: a legacy seat-based plan's fixed monthly fee for the seats it holds when the
+    month starts (allowance included). Issued with the month's other documents, in
+    arrears; always sequence 001 of its month (mid-month additions follow it)."""
     start, end = month_period(month)
     lines = [
         _line(
@@ -270,6 +317,6 @@ def monthly_seat_invoice(org_id: str, month: str, seats: list[SeatFee]) -> Docum
         sequence=1,
         start=start,
         end=end,
-        issued_at=_midnight(start),
+        issued_at=midnight(end),
         lines_and_cents=lines,
     )

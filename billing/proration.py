@@ -42,6 +42,23 @@ def remaining_months(term_start: date, added_on: date) -> Fraction:
     return months
 
 
+def rest_of_month(day: date) -> Fraction:
+    """The days left in `day`'s month, counting `day`, over the days in that month: R4's
+    first term, used alone for legacy seats, which are billed by the month (R6)."""
+    month_start, following = day.replace(day=1), _next_month(day)
+    return Fraction((following - day).days, (following - month_start).days)
+
+
+def term_containing(term_start: date, day: date) -> date:
+    """The start of the annual term that contains `day`: a contract that was not renewed
+    explicitly rolls over on its anniversary (a day before `term_start` belongs to the
+    first term)."""
+    start = term_start
+    while day >= term_end(start):
+        start = term_end(start)
+    return start
+
+
 def annual_seat_fee(quantity: int, monthly_fee_nano_usd: int) -> int:
     """R3: seats × monthly price × 12, invoiced at term start."""
     return quantity * monthly_fee_nano_usd * MONTHS_PER_TERM

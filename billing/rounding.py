@@ -23,3 +23,10 @@ def format_cents(cents: int) -> str:
     sign = "-" if cents < 0 else ""
     whole, part = divmod(abs(cents), 100)
     return f"{sign}{whole}.{part:02d}"
+
+
+def parse_cents(amount: str) -> int:
+    """ "-12.34" → -1234: the inverse of `format_cents`."""
+    sign = -1 if amount.startswith("-") else 1
+    whole, _, part = amount.lstrip("-").partition(".")
+    return sign * (int(whole) * 100 + int(part or 0))

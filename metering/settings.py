@@ -44,9 +44,17 @@ class Settings(BaseSettings):
     sink_batch_rows: int = Field(default=5000, ge=1)
     sink_batch_seconds: float = Field(default=1.0, gt=0)
     sink_in_worker: bool = True
+    # The nightly batch inside `metering run` (README › Billing): whether it runs, at what
+    # time of day (UTC, HH:MM) and where it writes the files (default var/documents).
+    billing_schedule: bool = True
+    billing_at: str = Field(default="00:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    documents_dir: Path | None = None
     # Fault injection for the crash tests only: exit after this many stored batches,
     # between the insert and the offset commit (0: never).
     sink_exit_after_batches: int = 0
+    # The same for `billing run`: exit after publishing a month's documents, before
+    # storing them in ClickHouse.
+    billing_exit_after_publish: bool = False
 
     def environment(self) -> dict[str, str]:
         """These settings as `METERING_*` variables, for a child process that must run
@@ -59,6 +67,10 @@ class Settings(BaseSettings):
             for name, value in self.model_dump().items()
             if value is not None
         }
+
+    @property
+    def resolved_documents_dir(self) -> Path:
+        return self.documents_dir or self.var_dir / "documents"
 
     @property
     def topics(self) -> TopicNames:

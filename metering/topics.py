@@ -23,6 +23,7 @@ ACCOUNT_EVENTS = "account.events.v1"
 USAGE_PRICED = "usage.priced.v1"
 USAGE_DEADLETTER = "usage.deadletter.v1"
 NOTIFICATIONS = "billing.notifications.v1"
+DOCUMENTS = "billing.documents.v1"
 
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 # The broker stamps input records on arrival: the future-event check (G4) compares with
@@ -66,6 +67,10 @@ class TopicNames:
     def notifications(self) -> str:
         return self.namespace + NOTIFICATIONS
 
+    @property
+    def documents(self) -> str:
+        return self.namespace + DOCUMENTS
+
     def specs(self) -> tuple[TopicSpec, ...]:
         return (
             TopicSpec(self.usage_events, "raw usage events from product services", _INPUT),
@@ -80,6 +85,11 @@ class TopicNames:
                 self.notifications,
                 "threshold and stop/resume notifications",
                 {"retention.ms": _NINETY_DAYS_MS},
+            ),
+            TopicSpec(
+                self.documents,
+                "issued monthly documents with the log positions they cover (billing run)",
+                _FOREVER,
             ),
         )
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
+
+from pydantic import Field
 
 from schemas.common import Contract, UtcDatetime
 
@@ -45,3 +47,21 @@ class CreditStatement(Document):
     purchases: str
     usage: str
     closing_balance: str
+
+
+class DocumentOrigin(StrEnum):
+    BATCH = "batch"  # `billing run`: monthly documents
+    ACCOUNT_EVENT = "account_event"  # seat invoices, issued as their event is stored
+
+
+class IssuedDocumentRecord(Contract):
+    """A value on `billing.documents.v1`: an issued document and the part of the log it
+    covers — per partition (list index) of usage.priced.v1 and account.events.v1, the
+    offset below which the org's events were stored when it was issued. Late events are
+    those of its month at or past these offsets (G5). The topic is the record of what was
+    issued, so a ClickHouse rebuild restores the same documents (G3)."""
+
+    document: Annotated[CreditStatement | Document, Field(union_mode="left_to_right")]
+    origin: DocumentOrigin
+    usage_watermarks: tuple[int, ...] = ()
+    account_watermarks: tuple[int, ...] = ()

@@ -59,7 +59,9 @@ def api(
     port: int | None = typer.Option(None, help="default METERING_HTTP_PORT (8080)"),
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     with_sink: bool = typer.Option(
-        False, "--with-sink", help="also run the ClickHouse sink in this process"
+        False,
+        "--with-sink",
+        help="also run the ClickHouse sink and the nightly billing batch in this process",
     ),
 ) -> None:
     """Serve the HTTP API (gate, usage, owner controls, Usage page) until stopped."""
@@ -81,6 +83,10 @@ def api(
         store = None
     stop = threading.Event()
     sink = start_sink_thread(settings, store, stop) if with_sink and store else None
+    if sink is not None and store is not None and settings.billing_schedule:
+        from metering.documents.schedule import start_nightly_billing  # noqa: PLC0415
+
+        start_nightly_billing(settings, store, stop)
     try:
         uvicorn.run(
             create_api(settings, store=store),
@@ -101,7 +107,8 @@ def run(
     loglevel: str = typer.Option("warning", help="faust log level"),
 ) -> None:
     """All-in-one: the stream processors (this process) and, in a child process, the
-    HTTP API with the ClickHouse sink (one owner for an embedded store)."""
+    HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
+    embedded store)."""
     from metering.clickhouse.service import spawn_child, stop_child  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
 

@@ -10,9 +10,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from billing.accounts import OrgAccount, Rejected, apply_account_event
+from billing.pricing import PriceBook
+from billing.seat_invoices import SeatInvoicer
 from metering.clickhouse.rows import account_row, event_from_row
 from metering.enforcement.records import SourceRecord
 from schemas.account import ACCOUNT_EVENT_ADAPTER, AccountEvent
+from schemas.documents import Document
 from schemas.validation import InvalidEvent, parse_account_event
 
 # Columns `restore` needs, in the order it reads them.
@@ -20,14 +23,21 @@ RESTORE_COLUMNS = "event_id, org_id, type, occurred_at, actor_user_id, actor_rol
 
 
 class LedgerFold:
-    def __init__(self) -> None:
+    """Also issues the seat invoices accepted events create (R4: immediately), numbered
+    by the fold's own history so a replay numbers them the same."""
+
+    def __init__(self, book: PriceBook) -> None:
+        self._book = book
         self._states: dict[str, OrgAccount] = {}
         self._seen: dict[str, set[str]] = {}  # org → event ids stored
+        self._invoicer = SeatInvoicer(book)
+        self.seat_invoices: list[Document] = []  # issued since the caller last took them
 
     def restore(self, stored: Iterable[tuple[Any, ...]]) -> None:
         """Rebuild from stored rows (RESTORE_COLUMNS), in source order."""
         self._states.clear()
         self._seen.clear()
+        self._invoicer = SeatInvoicer(self._book)
         for *columns, status in stored:
             event_id, org_id = columns[0], columns[1]
             self._seen.setdefault(org_id, set()).add(event_id)
@@ -37,6 +47,8 @@ class LedgerFold:
             outcome = apply_account_event(self._states.get(org_id), event)
             if isinstance(outcome, Rejected):  # stored as accepted: the history is corrupt
                 raise RuntimeError(f"stored accepted event {event_id} is refused on replay")
+            # Numbers only: these invoices were stored with their events.
+            self._invoicer.on_accepted(self._states.get(org_id), event, outcome)
             self._states[org_id] = outcome
 
     def is_stored(self, org_id: str, event_id: str) -> bool:
@@ -63,8 +75,15 @@ class LedgerFold:
                 rejection=outcome.reason.value,
                 source=record,
             )
+        self.seat_invoices += self._invoicer.on_accepted(
+            self._states.get(event.org_id), event, outcome
+        )
         self._states[event.org_id] = outcome
         return account_row(event, after=outcome, rejection=None, source=record)
+
+    def take_seat_invoices(self) -> list[Document]:
+        taken, self.seat_invoices = self.seat_invoices, []
+        return taken
 
     def state(self, org_id: str) -> OrgAccount | None:
         return self._states.get(org_id)

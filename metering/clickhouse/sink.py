@@ -1,5 +1,6 @@
 """The ClickHouse sink: `usage.priced.v1` → `usage_events` (+ rollups by materialized
-views), `account.events.v1` → `account_events` (the ledger).
+views), `account.events.v1` → `account_events` (the ledger) and the seat invoices its
+accepted events create, `billing.documents.v1` → `documents` (what `billing run` issued).
 
 Exactly once in query results, with at-least-once delivery:
 - a batch is inserted first and its offsets are committed after; a crash in between
@@ -27,6 +28,7 @@ from typing import Any
 
 from clickhouse_connect.driver.exceptions import OperationalError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from pydantic import ValidationError
 
 from metering.clickhouse.ledger import RESTORE_COLUMNS, LedgerFold
 from metering.clickhouse.migrations import migrate
@@ -37,9 +39,12 @@ from metering.clickhouse.rows import (
     usage_row,
 )
 from metering.clickhouse.store import Store
+from metering.documents.records import IssuedDocument
+from metering.documents.store import store_new_documents
 from metering.enforcement.publisher import Publisher
 from metering.enforcement.records import OutputMessage, SourceRecord, dead_letter_message
 from metering.settings import Settings
+from schemas.documents import DocumentOrigin
 from schemas.validation import Reason
 
 log = logging.getLogger("metering.sink")
@@ -56,6 +61,7 @@ class SinkStats:
     batches: int = 0
     usage_rows: int = 0
     account_rows: int = 0
+    document_rows: int = 0
     skipped_duplicates: int = 0
     dead_letters: int = 0
     last_flush_s: float = 0.0
@@ -66,6 +72,7 @@ class SinkStats:
 class _BatchRows:
     usage: list[tuple[Any, ...]] = field(default_factory=list)
     accounts: list[tuple[Any, ...]] = field(default_factory=list)
+    documents: list[IssuedDocument] = field(default_factory=list)
     rejects: list[OutputMessage] = field(default_factory=list)
 
 
@@ -74,7 +81,7 @@ class ClickHouseSink:
         self._settings = settings
         self._store = store
         self._topics = settings.topics
-        self._ledger = LedgerFold()
+        self._ledger = LedgerFold(settings.load_price_book())
         self._publisher = Publisher(settings.kafka_bootstrap)
         self._consumer = Consumer(
             {
@@ -93,11 +100,15 @@ class ClickHouseSink:
         self.stats = SinkStats()
         migrate(store)
 
+    @property
+    def _inputs(self) -> tuple[str, ...]:
+        return (self._topics.usage_priced, self._topics.account_events, self._topics.documents)
+
     # -- the loop --------------------------------------------------------------------
 
     def start(self) -> None:
         self._consumer.subscribe(
-            [self._topics.usage_priced, self._topics.account_events],
+            list(self._inputs),
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
         )
@@ -189,10 +200,26 @@ class ClickHouseSink:
                             str(exc),
                         )
                     )
-            else:
+            elif record.topic == self._topics.account_events:
                 row = self._ledger.apply(record)
                 if row is not None:
                     rows.accounts.append(row)
+                rows.documents += [
+                    IssuedDocument(document, DocumentOrigin.ACCOUNT_EVENT)
+                    for document in self._ledger.take_seat_invoices()
+                ]
+            else:
+                try:
+                    rows.documents.append(IssuedDocument.from_record(record.value or b""))
+                except ValidationError as exc:
+                    rows.rejects.append(
+                        dead_letter_message(
+                            self._topics.usage_deadletter,
+                            record,
+                            Reason.INVALID_DOCUMENT_RECORD.value,
+                            str(exc).splitlines()[0],
+                        )
+                    )
         return rows
 
     def _store_rows(self, rows: _BatchRows) -> None:
@@ -200,6 +227,7 @@ class ClickHouseSink:
         fresh = self._new_usage_rows(rows.usage)
         self._store.insert("usage_events", fresh, USAGE_COLUMNS)
         self._store.insert("account_events", rows.accounts, ACCOUNT_COLUMNS)
+        documents = store_new_documents(self._store, rows.documents)
         if rows.rejects:
             self._publisher.publish_blocking(rows.rejects)
         elapsed = time.perf_counter() - started
@@ -207,6 +235,7 @@ class ClickHouseSink:
         self.stats.usage_rows += len(fresh)
         self.stats.skipped_duplicates += len(rows.usage) - len(fresh)
         self.stats.account_rows += len(rows.accounts)
+        self.stats.document_rows += documents
         self.stats.dead_letters += len(rows.rejects)
         self.stats.last_flush_s = elapsed
         self.stats.insert_seconds.append(elapsed)
@@ -277,7 +306,7 @@ class ClickHouseSink:
         metadata = self._consumer.list_topics(timeout=10).topics
         partitions = [
             TopicPartition(topic, partition)
-            for topic in (self._topics.usage_priced, self._topics.account_events)
+            for topic in self._inputs
             for partition in metadata[topic].partitions
         ]
         for tp in self._consumer.committed(partitions, timeout=10):

@@ -81,25 +81,22 @@ def test_a_credit_statement_adds_up_and_chains() -> None:
 
 def test_seat_invoices_follow_r3_and_r4() -> None:
     start = date(2026, 1, 1)
-    annual = annual_seat_invoice(
-        "org_e", start, [SeatFee("enterprise", 50, 40 * USD)], term_end(start)
-    )
+    annual = annual_seat_invoice("org_e", start, [SeatFee("enterprise", 50, 40 * USD)])
     assert annual.total == "24000.00"  # 50 × 40 × 12
+    assert (annual.period_start, annual.period_end) == (start, term_end(start))
     on_the_first = added_seat_invoice(
         "org_e",
         term_start=start,
-        term_end=term_end(start),
         added_at=datetime(2026, 4, 1, 9, tzinfo=UTC),
-        fee=SeatFee("enterprise", 10, 40 * USD),
+        fees=[SeatFee("enterprise", 10, 40 * USD)],
         sequence=2,
     )
     assert on_the_first.total == "3600.00"  # 10 × 40 × 9
     mid_month = added_seat_invoice(
         "org_e",
         term_start=start,
-        term_end=term_end(start),
         added_at=datetime(2026, 4, 15, 9, tzinfo=UTC),
-        fee=SeatFee("enterprise", 10, 40 * USD),
+        fees=[SeatFee("enterprise", 10, 40 * USD)],
         sequence=3,
     )
     assert mid_month.total == "3413.33"  # 10 × 40 × (8 + 16/30)

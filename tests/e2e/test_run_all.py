@@ -59,6 +59,12 @@ def test_one_command_runs_processors_api_and_sink(pipeline: Pipeline) -> None:
     while pipeline.sink_lag() > 0:
         assert time.monotonic() < deadline, "the sink in the API process did not catch up"
         time.sleep(0.2)
+    # The month-to-date draft (R19) from the API process, which owns ClickHouse
+    drafts = httpx.get(f"{base}/v1/orgs/org_run/documents/preview", headers=owner, timeout=30)
+    assert drafts.status_code == 200, drafts.text
+    [statement] = drafts.json()
+    assert statement["kind"] == "credit_statement"
+    assert (statement["purchases"], statement["usage"]) == ("20.00", "2.00")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     pipeline.process = None

@@ -67,7 +67,7 @@ MATRIX = {
     # a member: their own gate answer and their own usage row; no money, no limits
     "member": (bearer(token(ORG_A, "max")), [200, 200, 403, 403, 403, 403, 403, 403]),
     # an owner (not primary) may do everything; a self-serve seat removal is refused (R5)
-    "owner": (bearer(token(ORG_A, "olga")), [200, 200, 202, 202, 202, 202, 409, 501]),
+    "owner": (bearer(token(ORG_A, "olga")), [200, 200, 202, 202, 202, 202, 409, 503]),
     # a token for someone the org does not list: not a member
     "stranger": (bearer(token(ORG_A, "mallory")), [403, 403, 403, 403, 403, 403, 403, 403]),
 }

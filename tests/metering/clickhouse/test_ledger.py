@@ -8,10 +8,12 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from billing.pricing import PriceBook, default_price_book_text
 from metering.clickhouse.ledger import LedgerFold
 from metering.clickhouse.rows import ACCOUNT_COLUMNS
 from metering.enforcement.records import SourceRecord
 
+BOOK = PriceBook.from_json(default_price_book_text())
 NOW_MS = int(datetime(2026, 11, 24, 12, tzinfo=UTC).timestamp() * 1000)
 _offsets = itertools.count()
 
@@ -83,7 +85,7 @@ def outcomes(rows: list[tuple[Any, ...] | None]) -> list[tuple[str, str, str] | 
 
 
 def test_each_event_is_stored_once_with_its_outcome() -> None:
-    fold = LedgerFold()
+    fold = LedgerFold(BOOK)
     rows = [fold.apply(r) for r in HISTORY]
     assert outcomes(rows) == [
         ("c", "accepted", ""),
@@ -121,12 +123,49 @@ def stored_form(row: tuple[Any, ...]) -> tuple[Any, ...]:
 
 def test_a_restored_fold_continues_with_the_same_outcomes() -> None:
     for cut in range(len(HISTORY) + 1):
-        whole = LedgerFold()
+        whole = LedgerFold(BOOK)
         expected = [whole.apply(r) for r in HISTORY]
-        first = LedgerFold()
+        first = LedgerFold(BOOK)
         before = [first.apply(r) for r in HISTORY[:cut]]
-        restored = LedgerFold()
+        restored = LedgerFold(BOOK)
         restored.restore(stored_form(r) for r in before if r is not None)
         # the replay after a crash sees the stored records again, then the rest
         after = [restored.apply(r) for r in HISTORY]
         assert outcomes([r for r in after if r]) == outcomes([r for r in expected[cut:] if r])
+
+
+def test_seat_invoices_are_issued_with_their_events_and_numbered_the_same_after_a_restore() -> None:
+    history = [
+        *HISTORY,
+        record("seats.added", {"seat_type": "enterprise", "quantity": 3}, event_id="s1"),
+        record("seats.removed", {"seat_type": "enterprise", "quantity": 1}, event_id="s2"),
+        record("seats.added", {"seat_type": "enterprise", "quantity": 1}, event_id="s3"),
+    ]
+    whole = LedgerFold(BOOK)
+    issued = []
+    for r in history:
+        whole.apply(r)
+        issued += [(r.offset, d.document_id, d.total) for d in whole.take_seat_invoices()]
+    # the annual invoice at creation (2 × 40 × 12), then one per addition, none for the
+    # refused self-serve removal (R5)
+    assert [(i, t) for _, i, t in issued] == [
+        ("org_a.seat_invoice.2026-11-01.001", "960.00"),
+        # added Nov 24 in a term from Nov 1: 11 + 7/30 months remaining (R4)
+        ("org_a.seat_invoice.2026-11-01.002", "1348.00"),  # 3 × 40 × 11.2333…
+        ("org_a.seat_invoice.2026-11-01.003", "449.33"),  # 1 × 40 × 11.2333…
+    ]
+    for cut in range(len(history) + 1):
+        first = LedgerFold(BOOK)
+        before = [first.apply(r) for r in history[:cut]]
+        restored = LedgerFold(BOOK)
+        restored.restore(stored_form(r) for r in before if r is not None)
+        again = []
+        for r in history:
+            restored.apply(r)
+            again += [(r.offset, d.document_id, d.total) for d in restored.take_seat_invoices()]
+        # the replay re-issues only what came after the cut, with the same numbers
+        assert again == [i for i in issued if i[0] >= _offset_at(history, cut)]
+
+
+def _offset_at(history: list[SourceRecord], cut: int) -> int:
+    return history[cut].offset if cut < len(history) else history[-1].offset + 1

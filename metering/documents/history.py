@@ -1,0 +1,118 @@
+"""Each org's accepted account history, read back from the ClickHouse ledger in log
+order, with each event's place in `account.events.v1` (the watermarks compare with it)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from billing.accounts import OrgAccount, Rejected, apply_account_event
+from billing.documents import Purchase, midnight
+from metering.clickhouse.rows import event_from_row
+from metering.clickhouse.store import Store
+from schemas.account import (
+    ACCOUNT_EVENT_ADAPTER,
+    AccountEvent,
+    BillingMode,
+    ContractRenewed,
+    CreditsPurchased,
+    OrgCreated,
+    Plan,
+    SeatType,
+)
+
+
+@dataclass(frozen=True)
+class LoggedEvent:
+    event: AccountEvent
+    partition: int
+    offset: int
+
+    def stored_before(self, watermarks: Sequence[int]) -> bool:
+        return self.offset < _at(watermarks, self.partition)
+
+
+def _at(watermarks: Sequence[int], partition: int) -> int:
+    return watermarks[partition] if partition < len(watermarks) else 0
+
+
+@dataclass
+class OrgHistory:
+    org_id: str
+    created: OrgCreated
+    events: list[LoggedEvent] = field(default_factory=list)
+
+    @property
+    def billing_mode(self) -> BillingMode:
+        return self.created.data.billing_mode  # never changes, not even at migration (R7)
+
+    @property
+    def first_month(self) -> str:
+        return month_of(self.created.occurred_at)
+
+    def purchases(
+        self, month: str, watermarks: Sequence[int], previous: Sequence[int] | None
+    ) -> list[Purchase]:
+        """Purchases on this month's statement: bought in the month and stored when it is
+        issued, plus those of earlier months stored after the previous statement (late)."""
+        found = []
+        for logged in self.events:
+            event = logged.event
+            if not isinstance(event, CreditsPurchased) or not logged.stored_before(watermarks):
+                continue
+            bought_in = month_of(event.occurred_at)
+            late = bought_in < month and (previous is None or not logged.stored_before(previous))
+            if bought_in == month or late:
+                found.append(
+                    Purchase(event.data.purchase_id, event.occurred_at, event.data.amount, late)
+                )
+        return found
+
+    def legacy_seats_at(self, moment: datetime, watermarks: Sequence[int]) -> dict[SeatType, int]:
+        """The seats of a seat-based plan held when `moment` began (R6), as stored; empty if
+        the org is usage-based by then."""
+        state: OrgAccount | None = None
+        for logged in self.events:
+            if not logged.stored_before(watermarks) or not _in_effect(logged.event, moment):
+                continue
+            outcome = apply_account_event(state, logged.event)
+            if not isinstance(outcome, Rejected):  # out of log order it may not apply
+                state = outcome
+        if state is None or state.plan is not Plan.SEAT_BASED:
+            return {}
+        return dict(state.seats)
+
+
+def _in_effect(event: AccountEvent, moment: datetime) -> bool:
+    """Whether `event` had happened when `moment` began. A renewal takes effect when its
+    term starts (R7: legacy orgs migrate then), however early or late it was recorded;
+    an event at the very first instant of a month belongs to that month."""
+    if isinstance(event, ContractRenewed):
+        return midnight(event.data.term_start) <= moment
+    return event.occurred_at < moment
+
+
+def month_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def load_histories(store: Store, org_ids: Sequence[str] | None = None) -> dict[str, OrgHistory]:
+    where = "AND org_id IN %(orgs)s" if org_ids is not None else ""
+    rows = store.rows(
+        "SELECT event_id, org_id, type, occurred_at, actor_user_id, actor_role, data, "
+        "source_partition, source_offset "
+        f"FROM {store.table('account_events')} FINAL WHERE status = 'accepted' {where} "
+        "ORDER BY source_partition, source_offset",
+        {"orgs": list(org_ids)} if org_ids is not None else None,
+    )
+    histories: dict[str, OrgHistory] = {}
+    for *columns, partition, offset in rows:
+        event = ACCOUNT_EVENT_ADAPTER.validate_python(event_from_row(columns))
+        history = histories.get(event.org_id)
+        if history is None:
+            if not isinstance(event, OrgCreated):  # cannot be accepted before it
+                continue
+            history = histories[event.org_id] = OrgHistory(event.org_id, event)
+        history.events.append(LoggedEvent(event, partition, offset))
+    return histories

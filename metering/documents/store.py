@@ -1,0 +1,79 @@
+"""The `documents` table: what has been issued. A document_id is written once: every
+writer (the batch, the sink replaying `billing.documents.v1`, the sink issuing seat
+invoices) asks which ids are stored and inserts only the others, so an issued document
+never changes and never appears twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from metering.clickhouse.store import Store
+from metering.documents.records import DOCUMENT_COLUMNS, IssuedDocument
+
+
+def stored_ids(store: Store, ids: Iterable[str]) -> set[str]:
+    wanted = sorted(set(ids))
+    if not wanted:
+        return set()
+    rows = store.rows(
+        f"SELECT document_id FROM {store.table('documents')} WHERE document_id IN %(ids)s",
+        {"ids": wanted},
+    )
+    return {row[0] for row in rows}
+
+
+def store_new_documents(store: Store, documents: Sequence[IssuedDocument]) -> int:
+    """Insert the documents not stored yet (the first of repeated ids wins). Returns how
+    many were inserted."""
+    stored = stored_ids(store, (d.document_id for d in documents))
+    fresh: list[IssuedDocument] = []
+    for document in documents:
+        if document.document_id not in stored:
+            stored.add(document.document_id)
+            fresh.append(document)
+    store.insert("documents", [d.row() for d in fresh], DOCUMENT_COLUMNS)
+    return len(fresh)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    document_id: str
+    org_id: str
+    kind: str
+    period_start: date
+    issued_at: datetime
+    body: str
+    origin: str
+    total_cents: int
+    usage_watermarks: tuple[int, ...]
+    account_watermarks: tuple[int, ...]
+
+
+def issued_documents(store: Store, org_ids: Sequence[str] | None = None) -> list[StoredDocument]:
+    """Every issued document (of these orgs), ordered by org, period and id."""
+    where = "WHERE org_id IN %(orgs)s" if org_ids is not None else ""
+    rows = store.rows(
+        "SELECT document_id, any(org_id), any(kind), any(period_start), any(issued_at), "
+        "any(body), any(origin), any(usage_watermarks), any(account_watermarks), "
+        "any(total_cents) "
+        f"FROM {store.table('documents')} {where} "
+        "GROUP BY document_id ORDER BY any(org_id), any(period_start), document_id",
+        {"orgs": list(org_ids)} if org_ids is not None else None,
+    )
+    return [
+        StoredDocument(
+            document_id=r[0],
+            org_id=r[1],
+            kind=r[2],
+            period_start=r[3],
+            issued_at=r[4],
+            body=r[5],
+            origin=r[6],
+            usage_watermarks=tuple(r[7]),
+            account_watermarks=tuple(r[8]),
+            total_cents=int(r[9]),
+        )
+        for r in rows
+    ]

@@ -1,0 +1,108 @@
+"""How far ClickHouse is: the ClickHouse sink's committed offsets. Everything below a
+committed offset is stored (the sink commits after it inserts), so a document that
+covers "the org's events below these offsets" covers exactly what the batch read, and
+a replay of the log puts every later event in the same place again (G3, G5)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, TopicPartition
+
+from metering.settings import Settings
+
+
+@dataclass(frozen=True)
+class Watermarks:
+    """Committed offsets per partition (index = partition) of the sink's inputs."""
+
+    usage: tuple[int, ...]
+    account: tuple[int, ...]
+
+
+class SinkBehind(TimeoutError):
+    pass
+
+
+def _probe(settings: Settings, group_id: str | None = None) -> Consumer:
+    # Never subscribes: it only reads the group's committed offsets and the topic ends.
+    return Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": group_id or settings.sink_group_id,
+            "enable.auto.commit": False,
+        },
+        logger=logging.getLogger("metering.kafka"),
+    )
+
+
+def _partitions(consumer: Consumer, topic: str) -> list[TopicPartition]:
+    metadata = consumer.list_topics(topic, timeout=10).topics[topic]
+    return [TopicPartition(topic, p) for p in sorted(metadata.partitions)]
+
+
+def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[int]:
+    return [max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10)]
+
+
+def current_watermarks(settings: Settings) -> Watermarks:
+    """What is stored now, without waiting (the preview)."""
+    consumer = _probe(settings)
+    try:
+        topics = settings.topics
+        return Watermarks(
+            usage=tuple(_committed(consumer, _partitions(consumer, topics.usage_priced))),
+            account=tuple(_committed(consumer, _partitions(consumer, topics.account_events))),
+        )
+    finally:
+        consumer.close()
+
+
+def _wait_for_group(
+    settings: Settings, group_id: str, topics: list[str], deadline: float
+) -> Consumer:
+    """Wait until `group_id` has committed every partition of `topics` up to the ends they
+    have now. Returns the probe (a consumer of that group that never subscribes)."""
+    consumer = _probe(settings, group_id)
+    partitions = [tp for topic in topics for tp in _partitions(consumer, topic)]
+    ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions]
+    while True:
+        committed = _committed(consumer, partitions)
+        behind = sum(max(end - c, 0) for end, c in zip(ends, committed, strict=True))
+        if not behind:
+            return consumer
+        if time.monotonic() > deadline:
+            consumer.close()
+            raise SinkBehind(
+                f"consumer group {group_id} is still {behind} records behind on "
+                f"{', '.join(topics)}; is it running?"
+            )
+        time.sleep(0.2)
+
+
+def wait_until_stored(settings: Settings, timeout_s: float = 300.0) -> Watermarks:
+    """Wait until every input that exists now is priced by the processors and stored by
+    the ClickHouse sink (issued documents included: what a killed batch published is
+    stored before anything is issued again), then return how far the sink is. A batch
+    that did not wait would bill a month without the events still in the pipeline and
+    push them to the next document as late."""
+    topics = settings.topics
+    deadline = time.monotonic() + timeout_s
+    _wait_for_group(
+        settings, settings.group_id, [topics.usage_events, topics.account_events], deadline
+    ).close()
+    consumer = _wait_for_group(
+        settings,
+        settings.sink_group_id,
+        [topics.usage_priced, topics.account_events, topics.documents],
+        deadline,
+    )
+    try:
+        return Watermarks(
+            usage=tuple(_committed(consumer, _partitions(consumer, topics.usage_priced))),
+            account=tuple(_committed(consumer, _partitions(consumer, topics.account_events))),
+        )
+    finally:
+        consumer.close()
