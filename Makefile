@@ -51,6 +51,7 @@ bench: install system-deps ## Benchmarks: prints events/s and latency percentile
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.clickhouse
 	$(PY) -m bench.api
+	$(PY) -m bench.billing
 
 clean: ## Remove var/ (all local data) and .venv/
 	-$(BIN)/metering stack down

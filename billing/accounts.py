@@ -107,14 +107,17 @@ def _seat_fits(state: OrgAccount, seat: SeatType) -> Rejected | None:
 
 def migrate_to_usage_based(state: OrgAccount) -> OrgAccount:
     """R7: every member moves to an enterprise seat, the plan becomes usage-based, the
-    billing mode stays; caps, credits and members are kept."""
+    billing mode stays; caps, credits and members are kept. Seat removals still waiting
+    for the renewal (R5) carry over as enterprise seats, so an early migration does not
+    make the next term bill seats the customer already gave up."""
     total_seats = sum(state.seats.values())
+    pending = sum(state.pending_seat_removals.values())
     return replace(
         state,
         plan=Plan.USAGE_BASED,
         extra_usage=False,
         seats={SeatType.ENTERPRISE: total_seats} if total_seats else {},
-        pending_seat_removals={},
+        pending_seat_removals={SeatType.ENTERPRISE: pending} if pending else {},
         members={u: Member(SeatType.ENTERPRISE, m.role) for u, m in state.members.items()},
     )
 

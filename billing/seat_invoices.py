@@ -10,6 +10,11 @@ yields the same invoices with the same ids.
 - legacy seat-based seats arriving mid-month (`org.created`, `seats.added`): the rest of
   that month (R6); whole months come with the monthly invoice of the batch.
 - `seats.removed` never yields anything: there is no mid-term credit (R5).
+
+Each usage-based seat is paid once per term: the invoicer remembers how many seats of
+each type it has invoiced for each term, and a term's annual invoice charges only the
+seats beyond those. That matters when a renewal is recorded after the anniversary: seats
+added in the rolled-over term were already invoiced for it (docs/decisions.md).
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class SeatInvoicer:
     def __init__(self, book: PriceBook) -> None:
         self._book = book
         self._issued: dict[tuple[str, str], int] = {}
+        # (org, term start) → seats already invoiced for that term, by type.
+        self._term_seats: dict[tuple[str, str], dict[SeatType, int]] = {}
 
     def _sequence(self, org_id: str, period: str, first: int = 1) -> int:
         sequence = max(self._issued.get((org_id, period), first - 1) + 1, first)
@@ -54,6 +61,22 @@ class SeatInvoicer:
 
     def _fees(self, seats: dict[SeatType, int], on: date) -> list[SeatFee]:
         return seat_fees(self._book, seats, on)
+
+    def _invoiced_for_term(self, org_id: str, term_start: date) -> dict[SeatType, int]:
+        return self._term_seats.setdefault((org_id, term_start.isoformat()), {})
+
+    def _record(self, org_id: str, term_start: date, seats: dict[SeatType, int]) -> None:
+        invoiced = self._invoiced_for_term(org_id, term_start)
+        for seat, n in seats.items():
+            invoiced[seat] = invoiced.get(seat, 0) + n
+
+    def _not_yet_invoiced(
+        self, org_id: str, term_start: date, held: dict[SeatType, int]
+    ) -> dict[SeatType, int]:
+        """The seats of `held` that the term has not been invoiced for yet."""
+        invoiced = self._invoiced_for_term(org_id, term_start)
+        due = {seat: n - invoiced.get(seat, 0) for seat, n in held.items()}
+        return {seat: n for seat, n in due.items() if n > 0}
 
     def on_accepted(
         self, before: OrgAccount | None, event: AccountEvent, after: OrgAccount
@@ -72,9 +95,11 @@ class SeatInvoicer:
         if after.plan is Plan.SEAT_BASED:  # legacy seats from creation: the rest of the month
             return self._added(event, after, dict(after.seats))
         term_start = date.fromisoformat(after.term_start)
-        fees = self._fees(after.seats, term_start)
+        due = self._not_yet_invoiced(after.org_id, term_start, after.seats)
+        fees = self._fees(due, term_start)
         if not fees:
             return []
+        self._record(after.org_id, term_start, due)
         sequence = self._sequence(after.org_id, term_start.isoformat())
         invoice = annual_seat_invoice(
             after.org_id,
@@ -107,6 +132,7 @@ class SeatInvoicer:
                 )
             ]
         term_start = term_containing(date.fromisoformat(after.term_start), day)
+        self._record(after.org_id, term_start, seats)
         invoice = added_seat_invoice(
             after.org_id,
             term_start=term_start,

@@ -122,10 +122,15 @@ class TrafficGenerator:
         }
 
     def usage_events(
-        self, count: int, span: timedelta, id_prefix: str = "evt"
+        self,
+        count: int,
+        span: timedelta,
+        id_prefix: str = "evt",
+        start: datetime | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """`count` usage events spread over `span` from the start, in time order; ids are
-        `<id_prefix>_<seed>_<n>`."""
+        """`count` usage events spread over `span` from `start` (default: the generator's),
+        in time order; ids are `<id_prefix>_<seed>_<n>`."""
+        first = start or self.start
         models, model_weights = zip(*MODEL_WEIGHTS.items(), strict=True)
         surfaces, surface_weights = zip(*SURFACE_WEIGHTS.items(), strict=True)
         step = span / max(count, 1)
@@ -142,7 +147,7 @@ class TrafficGenerator:
                 "output_tokens": min(int(self.rng.lognormvariate(6.0, 0.9)), 64_000),
                 "cache_creation_input_tokens": self.rng.choice((0, 0, 0, input_tokens // 2)),
                 "cache_read_input_tokens": self.rng.choice((0, 0, input_tokens * 3)),
-                "occurred_at": _stamp(self.start + step * index),
+                "occurred_at": _stamp(first + step * index),
             }
 
 

@@ -74,7 +74,10 @@ MONTH = r"^\d{4}-(0[1-9]|1[0-2])$"
 def run(
     month: Annotated[str, typer.Option(help="the month to bill, YYYY-MM (must have ended)")],
     out: Annotated[
-        Path | None, typer.Option(help="where to write the files; default var/documents/MONTH")
+        Path | None,
+        typer.Option(
+            help="where to write the files; default $METERING_DOCUMENTS_DIR/MONTH"
+        ),
     ] = None,
     org: Annotated[str | None, typer.Option(help="only this org")] = None,
 ) -> None:
@@ -91,7 +94,7 @@ def run(
     if not re.match(MONTH, month):
         fail(f"--month must be YYYY-MM, got {month!r}")
     settings = Settings()
-    target = out or settings.var_dir / "documents" / month
+    target = out or settings.resolved_documents_dir / month
     try:
         with (
             store_with_sink(settings) as store,

@@ -1,65 +1,119 @@
-"""`metering demo`: a month-to-date of sample traffic through the running pipeline.
+"""`metering demo`: the whole system on sample traffic, from one command.
 
-Starts the stack if needed and a `metering worker`, emits account events (orgs of every
-plan × billing mode, credits, caps) and month-to-date usage through the emitter SDK,
-waits until the worker has applied everything, then shows what it decided: topic counts,
-and the gate's answer for every member (who is blocked, and why). Running it twice
-re-sends the same events: they are recognised as duplicates and counted once.
-The ClickHouse projection, the HTTP API and the month-end documents join with their issues.
+1. starts the local stack and `metering run` (processors, HTTP API, ClickHouse sink);
+2. creates a few dozen orgs (every plan × billing mode, credit purchases — some too
+   small —, org and user caps) and drives last month's traffic plus this month's to date
+   through the emitter, in bursts, showing events/s, dead letters, blocks and
+   notifications live;
+3. waits until everything is priced and stored, saves the Usage page of one org of each
+   kind (this month and last) from the running API;
+4. stops `metering run`, runs the month-end batch for last month and prints the
+   documents; JSON + HTML land in `var/demo/documents/YYYY-MM/`.
+
+Each run uses new org ids (from its seed, by default the clock), so running it twice
+adds a second set of orgs: the first set's documents are already issued and stay as they
+are.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import random
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import Consumer, TopicPartition
-from redis.asyncio import Redis
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from rich.live import Live
 from rich.table import Table
 
-from metering.cli.dashboard import spend_table
+from metering.api.tokens import issue, load_secret
 from metering.cli.output import console, fail
-from metering.clickhouse import queries
-from metering.clickhouse.store import Store
+from metering.clickhouse.store import StoreInUse
+from metering.documents.batch import BillingBatch
+from metering.documents.schedule import last_closed_month
+from metering.documents.service import store_with_sink, utc_now
+from metering.documents.store import StoredDocument
+from metering.documents.watermarks import SinkBehind
 from metering.emitter import Emitter
-from metering.gate import Gate
 from metering.settings import Settings
 from metering.stack.local import LocalStack
 from metering.stack.process import StackError
 from metering.topics import admin_client, consumer_lag
-from metering.traffic import TrafficGenerator
-from schemas.usage import Surface
+from metering.traffic import OrgProfile, TrafficGenerator
 
 CATCH_UP_TIMEOUT_S = 300
+API_READY_TIMEOUT_S = 60
 
 
-def _topic_sizes(settings: Settings) -> dict[str, int]:
-    """Messages on each topic: sum over partitions of high − low watermark."""
-    consumer = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "metering-demo-sizes"}
-    )
-    try:
+class OutputTail:
+    """Counts what the pipeline writes while the demo runs: dead letters by reason and
+    notifications by kind (stops and resumes by reason), from the topics' ends at start."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.dead: Counter[str] = Counter()
+        self.notes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "group.id": f"metering-demo-tail-{os.getpid()}",
+                "enable.auto.commit": False,
+            }
+        )
+        topics = (settings.topics.usage_deadletter, settings.topics.notifications)
         metadata = admin_client(settings.kafka_bootstrap).list_topics(timeout=10).topics
-        sizes = {}
-        for spec in settings.topics.specs():
-            total = 0
-            for partition in metadata[spec.name].partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(spec.name, partition), timeout=10
-                )
-                total += high - low
-            sizes[spec.name] = total
-        return sizes
-    finally:
-        consumer.close()
+        self._consumer.assign(
+            [TopicPartition(t, p, OFFSET_END) for t in topics for p in metadata[t].partitions]
+        )
+        self._deadletter = settings.topics.usage_deadletter
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for message in self._consumer.consume(num_messages=500, timeout=0.2):
+                if message.error() or message.value() is None:
+                    continue
+                value = json.loads(message.value() or b"{}")
+                if message.topic() == self._deadletter:
+                    self.dead[value.get("reason", "?")] += 1
+                elif value.get("kind") in ("stopped", "resumed"):
+                    self.notes[f"{value['kind']}: {value.get('reason')}"] += 1
+                else:
+                    self.notes[str(value.get("kind"))] += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
+
+
+def _emitter(settings: Settings) -> Emitter:
+    topics = settings.topics
+    return Emitter(
+        settings.kafka_bootstrap,
+        usage_topic=topics.usage_events,
+        account_topic=topics.account_events,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def _lag(settings: Settings) -> int:
@@ -72,102 +126,261 @@ def _lag(settings: Settings) -> int:
     )
 
 
-def _wait_caught_up(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
+def _wait_caught_up(settings: Settings, run: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + CATCH_UP_TIMEOUT_S
-    with console.status("worker applying events…") as status:
+    with console.status(what) as status:
         while (lag := _lag(settings)) > 0:
-            if worker.poll() is not None:
-                fail(f"the worker exited ({worker.returncode}); see var/demo/worker.log")
+            if run.poll() is not None:
+                fail(f"`metering run` exited ({run.returncode}); see var/demo/run.log")
             if time.monotonic() > deadline:
-                fail(f"the worker is still {lag:,} events behind after {CATCH_UP_TIMEOUT_S} s")
-            status.update(f"worker applying events… {lag:,} to go")
-            time.sleep(0.5)
+                fail(f"the pipeline is still {lag:,} records behind after {CATCH_UP_TIMEOUT_S} s")
+            status.update(f"{what} {lag:,} to go")
+            time.sleep(0.3)
 
 
-async def _decisions(settings: Settings, traffic: TrafficGenerator) -> Counter[str]:
-    client = Redis.from_url(settings.redis_url)
-    gate = Gate(
-        client, settings.load_price_book(), lambda: datetime.now(UTC), settings.redis_prefix
-    )
-    answers: Counter[str] = Counter()
-    try:
-        for org in traffic.orgs:
-            for user in org.members:
-                decision = await gate.check(org.org_id, user, Surface.CHAT_WEB)
-                answers[decision.reason.value if decision.reason else "allowed"] += 1
-    finally:
-        await client.aclose()
-    return answers
+def _progress_table(sent: int, total: int, rate: float, tail: OutputTail) -> Table:
+    table = Table(title="Traffic", show_header=False, min_width=60)
+    table.add_row("usage events sent", f"{sent:,} / {total:,}")
+    table.add_row("events/s (last second)", f"{rate:,.0f}")
+    for reason, count in tail.dead.most_common():
+        table.add_row(f"dead-lettered: {reason}", f"{count:,}")
+    for kind, count in sorted(tail.notes.items()):
+        table.add_row(f"notification {kind}", f"{count:,}")
+    return table
+
+
+def _drive(
+    settings: Settings,
+    traffic: TrafficGenerator,
+    batches: list[tuple[int, datetime, timedelta]],
+    run_id: str,
+    tail: OutputTail,
+) -> int:
+    """Emit the usage in bursts of varying size (product traffic is not a flat line),
+    with a live table. Returns how many events were sent."""
+    rng = random.Random(traffic.seed)
+    total = sum(count for count, _, _ in batches)
+    sent, window_start, window_sent, rate = 0, time.monotonic(), 0, 0.0
+    with (
+        _emitter(settings) as emitter,
+        Live(_progress_table(0, total, 0, tail), console=console, refresh_per_second=4) as live,
+    ):
+        for part, (count, start, span) in enumerate(batches):
+            events = traffic.usage_events(count, span, id_prefix=f"{run_id}p{part}", start=start)
+            burst_left = 0
+            for raw in events:
+                if burst_left == 0:  # a short pause, then a burst of 50–2,000 events
+                    emitter.flush(10)
+                    time.sleep(rng.uniform(0.0, 0.05))
+                    burst_left = rng.randint(50, 2_000)
+                emitter.emit_usage(raw)
+                burst_left -= 1
+                sent += 1
+                window_sent += 1
+                now = time.monotonic()
+                if now - window_start >= 1.0:
+                    rate, window_start, window_sent = window_sent / (now - window_start), now, 0
+                if sent % 500 == 0:
+                    live.update(_progress_table(sent, total, rate, tail))
+        live.update(_progress_table(sent, total, rate, tail))
+    return sent
+
+
+def _save_usage_pages(
+    settings: Settings, port: int, orgs: list[OrgProfile], months: list[str], out: Path
+) -> list[Path]:
+    """The Usage page (R18) of one org per plan × billing mode, from the running API."""
+    secret = load_secret(settings.api_secret, settings.var_dir)
+    saved = []
+    kinds_seen: set[tuple[str, str]] = set()
+    for org in orgs:
+        kind = (org.plan.value, org.billing_mode.value)
+        if kind in kinds_seen:
+            continue
+        kinds_seen.add(kind)
+        token = issue(
+            secret,
+            now=datetime.now(UTC),
+            ttl=timedelta(hours=1),
+            org_id=org.org_id,
+            user_id=org.members[0],
+        )
+        for month in months:
+            query = urllib.parse.urlencode({"month": month})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/orgs/{org.org_id}/usage?{query}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            with urllib.request.urlopen(request, timeout=30) as page:
+                path = out / f"usage-{org.org_id}-{month}.html"
+                path.write_bytes(page.read())
+            saved.append(path)
+    return saved
+
+
+def _wait_for_api(port: int, run: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + API_READY_TIMEOUT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=1):
+                return
+        except OSError:  # refused, reset or timed out: not listening yet
+            if run.poll() is not None or time.monotonic() > deadline:
+                fail("the HTTP API of `metering run` did not start; see var/demo/run.log")
+            time.sleep(0.3)
 
 
 def demo(
-    orgs: Annotated[int, typer.Option(help="organizations to simulate")] = 24,
-    members: Annotated[int, typer.Option(help="members per organization")] = 8,
-    events: Annotated[int, typer.Option(help="usage events, month to date")] = 20_000,
-    seed: Annotated[int, typer.Option(help="traffic seed; same seed, same events")] = 7,
+    orgs: Annotated[int, typer.Option(help="organizations to simulate")] = 36,
+    members: Annotated[int, typer.Option(help="members per organization")] = 6,
+    events: Annotated[int, typer.Option(help="usage events (last month + this month)")] = 40_000,
+    seed: Annotated[int | None, typer.Option(help="traffic seed; default: the clock")] = None,
 ) -> None:
-    """Start the stack and a worker, emit month-to-date traffic, show the decisions."""
+    """The whole pipeline on sample traffic: stack, `metering run`, a month of usage, the
+    month-end documents."""
     settings = Settings()
+    started = time.monotonic()
     try:
         with console.status("starting the local stack…"):
             LocalStack(settings).up()
     except StackError as exc:
         fail(str(exc))
     now = datetime.now(UTC)
-    month_start = datetime(now.year, now.month, 1, tzinfo=UTC)
-    span = max(now - timedelta(minutes=1) - month_start, timedelta(seconds=1))
-    traffic = TrafficGenerator(seed, orgs, members, month_start)
-    log_dir = settings.var_dir / "demo"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / "worker.log").open("ab") as log:
-        worker = subprocess.Popen(
-            [str(Path(sys.executable).parent / "metering"), "worker"],
+    run_seed = seed if seed is not None else int(now.timestamp()) % 1_000_000
+    month = last_closed_month(now)
+    last_start = datetime.fromisoformat(f"{month}-01T00:00:00+00:00")
+    this_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    traffic = TrafficGenerator(run_seed, orgs, members, last_start)
+    out = settings.var_dir / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+
+    with (out / "run.log").open("ab") as log:
+        run = subprocess.Popen(
+            [str(Path(sys.executable).parent / "metering"), "run"],
+            env={
+                **os.environ,
+                "METERING_HTTP_PORT": str(port),
+                # the demo runs the month-end batch itself, once its traffic is in
+                "METERING_BILLING_SCHEDULE": "false",
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    tail = OutputTail(settings)
     try:
-        with Emitter(settings.kafka_bootstrap) as emitter:
+        with _emitter(settings) as emitter:
             for event in traffic.account_events():
                 emitter.emit_account(event)
-        _wait_caught_up(settings, worker)
-        with (
-            Emitter(settings.kafka_bootstrap) as emitter,
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-            ) as progress,
-        ):
-            task = progress.add_task(f"usage events ({month_start:%B %Y} to date)", total=events)
-            # Ids are unique per run: a second run is more usage, not a replay.
-            for raw in traffic.usage_events(events, span, id_prefix=f"demo{now:%Y%m%d%H%M%S}"):
-                emitter.emit_usage(raw)
-                progress.advance(task)
-        _wait_caught_up(settings, worker)
-        answers = asyncio.run(_decisions(settings, traffic))
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-
-    sizes = Table("topic", "messages", title="Kafka after the demo")
-    for name, size in _topic_sizes(settings).items():
-        sizes.add_row(name, f"{size:,}")
-    console.print(sizes)
-    gate = Table("gate answer (chat_web)", "members", title="Who may make a request now")
-    for answer, count in answers.most_common():
-        gate.add_row(answer, str(count))
-    console.print(gate)
-    with Store(settings.resolved_clickhouse_url) as store:  # the worker has released it
-        month = now.strftime("%Y-%m")
-        console.print(
-            spend_table(
-                f"Top spenders in ClickHouse, {month}", "org", queries.top_spenders(store, month, 5)
-            )
+        _wait_caught_up(settings, run, "creating orgs…")
+        sent = _drive(
+            settings,
+            traffic,
+            [
+                (events * 3 // 4, last_start, this_start - last_start),
+                (events - events * 3 // 4, this_start, now - timedelta(minutes=1) - this_start),
+            ],
+            f"demo{run_seed}",
+            tail,
         )
+        first = traffic.orgs[0]
+        _poison(settings, f"demo{run_seed}", first.org_id, first.members[0])
+        _wait_caught_up(settings, run, "pricing and storing…")
+        _wait_for_api(port, run)
+        pages = _save_usage_pages(settings, port, traffic.orgs, [now.strftime("%Y-%m"), month], out)
+    finally:
+        tail.close()
+        run.send_signal(signal.SIGTERM)
+        try:
+            run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+
+    documents_dir = out / "documents" / month
+    try:
+        with (
+            console.status(f"month-end batch for {month}…"),
+            store_with_sink(settings) as store,
+        ):
+            report = BillingBatch(settings, store, clock=utc_now).run(month, documents_dir)
+    except (StoreInUse, SinkBehind) as exc:
+        fail(str(exc))
+
+    console.print(_documents_table(report.documents, traffic, month))
+    blocked = sum(n for kind, n in tail.notes.items() if kind.startswith("stopped"))
     console.print(
-        f"{len(traffic.orgs)} orgs × {members} members, {events:,} usage events; worker log "
-        f"{log_dir / 'worker.log'}. More: `metering dashboard [--org ORG]`. The HTTP API and "
-        "documents come next."
+        f"{orgs} orgs × {members} members, {sent:,} usage events + {POISON} poison "
+        f"({events * 3 // 4:,} in {month}, the rest this month to date); "
+        f"{sum(tail.dead.values()):,} dead-lettered, {blocked:,} stops notified; "
+        f"{sum(report.issued.values())} documents issued by the batch now. "
+        f"Files: {documents_dir}/ (JSON + HTML); Usage pages: "
+        f"{', '.join(p.name for p in pages[:2])}… in {out}/. "
+        f"Took {time.monotonic() - started:.0f} s."
     )
+
+
+def _documents_table(
+    documents: list[StoredDocument], traffic: TrafficGenerator, month: str
+) -> Table:
+    """This run's documents of the month, summed per plan × billing mode × kind."""
+    profile = {org.org_id: org for org in traffic.orgs}
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for document in documents:
+        org = profile.get(document.org_id)
+        if org is None:  # an earlier run's org
+            continue
+        key = (org.plan.value, org.billing_mode.value, document.kind)
+        groups.setdefault(key, []).append(document.total_cents)
+    table = Table(
+        "plan",
+        "billing mode",
+        "document",
+        "count",
+        "total (USD)",
+        "largest (USD)",
+        title=f"Documents of {month} (this run's orgs)",
+    )
+    for (plan, mode, kind), totals in sorted(groups.items()):
+        table.add_row(
+            plan,
+            mode,
+            kind,
+            str(len(totals)),
+            f"{sum(totals) / 100:,.2f}",
+            f"{max(totals) / 100:,.2f}",
+        )
+    return table
+
+
+POISON = 30
+
+
+def _poison(settings: Settings, run_id: str, org_id: str, user_id: str) -> None:
+    """Bad input of several kinds, straight to the topic (the emitter SDK would refuse
+    it): malformed JSON, an unknown model, a negative token count, an event from the
+    future. Each must be dead-lettered with its reason, never dropped."""
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    for n in range(POISON):
+        event = {
+            "event_id": f"{run_id}-poison-{n}",
+            "org_id": org_id,
+            "user_id": user_id,
+            "surface": "chat_web",
+            "model": "claude-sonnet-4-5",
+            "input_tokens": 10,
+            "output_tokens": 10,
+            "occurred_at": datetime.now(UTC).isoformat(),
+        }
+        match n % 4:
+            case 0:
+                value = b"{not json"
+            case 1:
+                value = json.dumps({**event, "model": "claude-unknown-9"}).encode()
+            case 2:
+                value = json.dumps({**event, "input_tokens": -5}).encode()
+            case _:
+                value = json.dumps({**event, "occurred_at": future}).encode()
+        producer.produce(settings.topics.usage_events, value=value, key=org_id.encode())
+    producer.flush(30)

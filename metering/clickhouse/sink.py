@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from threading import Event
@@ -38,7 +39,7 @@ from metering.clickhouse.rows import (
     BadPricedRecord,
     usage_row,
 )
-from metering.clickhouse.store import Store
+from metering.clickhouse.store import Store, in_batches
 from metering.documents.records import IssuedDocument
 from metering.documents.store import store_new_documents
 from metering.enforcement.publisher import Publisher
@@ -244,16 +245,19 @@ class ClickHouseSink:
         """Drop rows whose (org_id, event_id) is stored already or repeats in the batch."""
         if not rows:
             return rows
-        orgs = sorted({row[1] for row in rows})
-        ids = sorted({row[0] for row in rows})
-        stored = {
-            (org, event_id)
-            for org, event_id in self._store.rows(
-                f"SELECT org_id, event_id FROM {self._store.table('usage_events')} "
-                "WHERE org_id IN %(orgs)s AND event_id IN %(ids)s",
-                {"orgs": orgs, "ids": ids},
+        orgs_of: dict[str, set[str]] = defaultdict(set)
+        for row in rows:
+            orgs_of[row[0]].add(row[1])
+        stored: set[tuple[str, str]] = set()
+        for ids in in_batches(sorted(orgs_of)):
+            stored.update(
+                (org, event_id)
+                for org, event_id in self._store.rows(
+                    f"SELECT org_id, event_id FROM {self._store.table('usage_events')} "
+                    "WHERE org_id IN %(orgs)s AND event_id IN %(ids)s",
+                    {"orgs": sorted(set().union(*(orgs_of[i] for i in ids))), "ids": ids},
+                )
             )
-        }
         fresh = []
         for row in rows:
             identity = (row[1], row[0])

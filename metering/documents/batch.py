@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from billing.documents import LateUsage, UsageTotal, midnight, month_period
 from billing.monthly import MonthInputs, closing_cents, month_documents
 from billing.pricing import PriceBook
-from metering.clickhouse.store import Store
+from metering.clickhouse.store import Store, in_batches
 from metering.documents.files import write_document_files
 from metering.documents.history import OrgHistory, load_histories
 from metering.documents.records import IssuedDocument, parse_body
@@ -119,7 +120,7 @@ class BillingBatch:
             for org, history in load_histories(self._store, orgs).items()
             if history.first_month <= month
         }
-        previous, pending = self._plan(histories, month)
+        previous, pending = self._plan(histories, month, orgs)
         report = BatchReport(month, orgs=len(histories))
         done = 0
         for billed_month in sorted(pending):
@@ -147,10 +148,10 @@ class BillingBatch:
         return report
 
     def _plan(
-        self, histories: dict[str, OrgHistory], month: str
+        self, histories: dict[str, OrgHistory], month: str, orgs: list[str] | None
     ) -> tuple[dict[str, _Previous], dict[str, set[str]]]:
         """Per org its latest usage document, and per month the orgs still due one."""
-        stored = issued_documents(self._store, sorted(histories) if histories else [])
+        stored = issued_documents(self._store, orgs)
         issued_months: dict[str, set[str]] = defaultdict(set)
         previous = {org: _Previous() for org in histories}
         for document in stored:  # ordered by period
@@ -172,8 +173,21 @@ class BillingBatch:
         """Billed usage per org: this month's per member × model, stored below the
         watermarks, and late usage of earlier months stored after the org's previous
         usage document (from the `documents` table), per month × member × model."""
+        usage: dict[str, tuple[list[UsageTotal], list[LateUsage]]] = defaultdict(lambda: ([], []))
+        for batch in in_batches(orgs):
+            for org, used_in, user, model, tokens, billed in self._usage_rows(month, batch, marks):
+                on_time, late = usage[org]
+                if used_in == month:
+                    on_time.append(UsageTotal(user, model, int(tokens), int(billed)))
+                else:
+                    late.append(LateUsage(used_in, user, model, int(tokens), int(billed)))
+        return usage
+
+    def _usage_rows(
+        self, month: str, orgs: Sequence[str], marks: Watermarks
+    ) -> list[tuple[Any, ...]]:
         start, end = month_period(month)
-        rows = self._store.rows(
+        return self._store.rows(
             f"""
             SELECT e.org_id, formatDateTime(e.occurred_at, '%%Y-%%m') AS month,
                    e.user_id, e.model,
@@ -205,14 +219,6 @@ class BillingBatch:
                 "marks": list(marks.usage),
             },
         )
-        usage: dict[str, tuple[list[UsageTotal], list[LateUsage]]] = defaultdict(lambda: ([], []))
-        for org, used_in, user, model, tokens, billed in rows:
-            on_time, late = usage[org]
-            if used_in == month:
-                on_time.append(UsageTotal(user, model, int(tokens), int(billed)))
-            else:
-                late.append(LateUsage(used_in, user, model, int(tokens), int(billed)))
-        return usage
 
     def _month_documents(
         self,

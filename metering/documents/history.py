@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from billing.accounts import OrgAccount, Rejected, apply_account_event
 from billing.documents import Purchase, midnight
 from metering.clickhouse.rows import event_from_row
-from metering.clickhouse.store import Store
+from metering.clickhouse.store import Store, in_batches
 from schemas.account import (
     ACCOUNT_EVENT_ADAPTER,
     AccountEvent,
@@ -98,14 +98,20 @@ def month_of(moment: datetime) -> str:
 
 
 def load_histories(store: Store, org_ids: Sequence[str] | None = None) -> dict[str, OrgHistory]:
-    where = "AND org_id IN %(orgs)s" if org_ids is not None else ""
-    rows = store.rows(
+    select = (
         "SELECT event_id, org_id, type, occurred_at, actor_user_id, actor_role, data, "
         "source_partition, source_offset "
-        f"FROM {store.table('account_events')} FINAL WHERE status = 'accepted' {where} "
-        "ORDER BY source_partition, source_offset",
-        {"orgs": list(org_ids)} if org_ids is not None else None,
+        f"FROM {store.table('account_events')} FINAL WHERE status = 'accepted' {{where}} "
+        "ORDER BY source_partition, source_offset"
     )
+    if org_ids is None:
+        rows = store.rows(select.format(where=""))
+    else:  # each org's events keep their log order within its batch
+        rows = [
+            row
+            for batch in in_batches(sorted(set(org_ids)))
+            for row in store.rows(select.format(where="AND org_id IN %(orgs)s"), {"orgs": batch})
+        ]
     histories: dict[str, OrgHistory] = {}
     for *columns, partition, offset in rows:
         event = ACCOUNT_EVENT_ADAPTER.validate_python(event_from_row(columns))

@@ -9,19 +9,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from metering.clickhouse.store import Store
+from metering.clickhouse.store import Store, in_batches
 from metering.documents.records import DOCUMENT_COLUMNS, IssuedDocument
 
 
 def stored_ids(store: Store, ids: Iterable[str]) -> set[str]:
-    wanted = sorted(set(ids))
-    if not wanted:
-        return set()
-    rows = store.rows(
-        f"SELECT document_id FROM {store.table('documents')} WHERE document_id IN %(ids)s",
-        {"ids": wanted},
-    )
-    return {row[0] for row in rows}
+    found: set[str] = set()
+    for batch in in_batches(sorted(set(ids))):
+        rows = store.rows(
+            f"SELECT document_id FROM {store.table('documents')} WHERE document_id IN %(ids)s",
+            {"ids": batch},
+        )
+        found.update(row[0] for row in rows)
+    return found
 
 
 def store_new_documents(store: Store, documents: Sequence[IssuedDocument]) -> int:
@@ -53,15 +53,20 @@ class StoredDocument:
 
 def issued_documents(store: Store, org_ids: Sequence[str] | None = None) -> list[StoredDocument]:
     """Every issued document (of these orgs), ordered by org, period and id."""
-    where = "WHERE org_id IN %(orgs)s" if org_ids is not None else ""
-    rows = store.rows(
+    select = (
         "SELECT document_id, any(org_id), any(kind), any(period_start), any(issued_at), "
         "any(body), any(origin), any(usage_watermarks), any(account_watermarks), "
-        "any(total_cents) "
-        f"FROM {store.table('documents')} {where} "
-        "GROUP BY document_id ORDER BY any(org_id), any(period_start), document_id",
-        {"orgs": list(org_ids)} if org_ids is not None else None,
+        f"any(total_cents) FROM {store.table('documents')} {{where}} "
+        "GROUP BY document_id ORDER BY any(org_id), any(period_start), document_id"
     )
+    if org_ids is None:
+        rows = store.rows(select.format(where=""))
+    else:  # sorted batches of orgs, so the concatenation keeps the org order
+        rows = [
+            row
+            for batch in in_batches(sorted(set(org_ids)))
+            for row in store.rows(select.format(where="WHERE org_id IN %(orgs)s"), {"orgs": batch})
+        ]
     return [
         StoredDocument(
             document_id=r[0],

@@ -176,7 +176,9 @@ class LocalStack:
         """Start what is not running, then create missing topics. Safe to repeat."""
         components = [self._up_kafka(), self._up_redis()]
         topics = ensure_topics(
-            admin_client(self.settings.kafka_bootstrap), self.settings.topic_partitions
+            admin_client(self.settings.kafka_bootstrap),
+            self.settings.topic_partitions,
+            self.settings.topics.specs(),  # under METERING_TOPIC_NAMESPACE, if set
         )
         return components, topics
 
