@@ -75,9 +75,7 @@ def run(
     month: Annotated[str, typer.Option(help="the month to bill, YYYY-MM (must have ended)")],
     out: Annotated[
         Path | None,
-        typer.Option(
-            help="where to write the files; default $METERING_DOCUMENTS_DIR/MONTH"
-        ),
+        typer.Option(help="where to write the files; default $METERING_DOCUMENTS_DIR/MONTH"),
     ] = None,
     org: Annotated[str | None, typer.Option(help="only this org")] = None,
 ) -> None:
