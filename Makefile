@@ -47,11 +47,7 @@ demo: install system-deps ## Start the stack and drive a month of sample traffic
 
 bench: install system-deps ## Benchmarks: prints events/s and latency percentiles, writes bench/results.json
 	$(BIN)/metering stack up >/dev/null
-	$(PY) -m bench.emitter
-	$(PY) -m bench.pipeline
-	$(PY) -m bench.clickhouse
-	$(PY) -m bench.api
-	$(PY) -m bench.billing
+	$(PY) -m bench.report
 
 clean: ## Remove var/ (all local data) and .venv/
 	-$(BIN)/metering stack down

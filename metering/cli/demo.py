@@ -138,10 +138,13 @@ def _wait_caught_up(settings: Settings, run: subprocess.Popen[bytes], what: str)
             time.sleep(0.3)
 
 
-def _progress_table(sent: int, total: int, rate: float, tail: OutputTail) -> Table:
-    table = Table(title="Traffic", show_header=False, min_width=60)
+def _progress_table(
+    sent: int, total: int, rate: float | None, tail: OutputTail, title: str = "Traffic"
+) -> Table:
+    table = Table(title=title, show_header=False, min_width=60)
     table.add_row("usage events sent", f"{sent:,} / {total:,}")
-    table.add_row("events/s (last second)", f"{rate:,.0f}")
+    if rate is not None:
+        table.add_row("events/s (last second)", f"{rate:,.0f}")
     for reason, count in tail.dead.most_common():
         table.add_row(f"dead-lettered: {reason}", f"{count:,}")
     for kind, count in sorted(tail.notes.items()):
@@ -286,6 +289,8 @@ def demo(
         first = traffic.orgs[0]
         _poison(settings, f"demo{run_seed}", first.org_id, first.members[0])
         _wait_caught_up(settings, run, "pricing and storing…")
+        time.sleep(1.0)  # the tail reads the last notifications and dead letters
+        console.print(_progress_table(sent, sent, None, tail, title="Pipeline output"))
         _wait_for_api(port, run)
         pages = _save_usage_pages(settings, port, traffic.orgs, [now.strftime("%Y-%m"), month], out)
     finally:

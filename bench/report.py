@@ -1,0 +1,150 @@
+"""`make bench`: every benchmark, one after the other, then one summary table.
+
+Each benchmark module runs in its own process (as `python -m bench.<name>`: its own
+stack clients, topics and cleanup) and writes its section of bench/results.json. This
+driver then reads the sections back, refuses any that was not measured in this run
+(a benchmark that failed must not leave last week's numbers in the summary), prints the
+table the issue asks for and writes it to the "summary" section.
+
+`METERING_BENCH_ONLY=emitter,pipeline` runs a subset (the summary then shows only what
+was measured); the method of each benchmark is in its module docstring and in
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).parent / "results.json"
+# module → the results.json section it writes
+BENCHMARKS = {
+    "emitter": "emitter",
+    "pipeline": "enforcement",
+    "clickhouse": "clickhouse",
+    "api": "api",
+    "billing": "billing",
+}
+
+Row = tuple[str, str, str]  # what, result, target
+
+
+def _ms(section: dict[str, Any], prefix: str = "latency_ms_") -> str:
+    return f"p50 {section[prefix + 'p50']} ms · p99 {section[prefix + 'p99']} ms"
+
+
+def _emitter(r: dict[str, Any]) -> list[Row]:
+    t = r["throughput"]
+    return [("emitter", f"{t['events_per_s']:,} events/s ({t['events']:,} events)", "")]
+
+
+def _enforcement(r: dict[str, Any]) -> list[Row]:
+    p, raw, block, gate = r["pipeline"], r["raw_consumer"], r["event_to_block"], r["gate"]
+    return [
+        (
+            f"pipeline sustained ({p['workers']} worker)",
+            f"{p['events_per_s']:,} events/s ({p['steady_events_per_s']:,}/s after the "
+            "first commit)",
+            "≥ 20,000/s",
+        ),
+        (
+            "raw ceiling: plain confluent-kafka consumer, same topic",
+            f"{raw['messages_per_s']:,} msg/s; pipeline = {raw['pipeline_ratio']:.1%} of it",
+            "",
+        ),
+        (
+            f"event → block at {block['background_rate_per_s']:,} events/s",
+            f"{_ms(block)} ({block['trials']} trials)",
+            "p99 ≤ 100 ms",
+        ),
+        ("gate, Python API (one Redis round trip)", _ms(gate), ""),
+    ]
+
+
+def _clickhouse(r: dict[str, Any]) -> list[Row]:
+    queries = r["queries"]
+    names = ("member_spend", "model_spend", "daily_spend")
+    worst = max(names, key=lambda name: queries[name]["p99_ms"])
+    rows = queries["load"]["rows"]
+    return [
+        (
+            f"month-to-date query p99 (worst of 3, {rows:,} stored events)",
+            f"{queries[worst]['p99_ms']} ms ({worst})",
+            f"≤ {queries['mtd_target_p99_ms']:g} ms",
+        )
+    ]
+
+
+def _api(r: dict[str, Any]) -> list[Row]:
+    o = r["open_loop"]
+    return [(f"gate over HTTP at {o['rate_per_s']:,} req/s", _ms(o), "")]
+
+
+def _billing(r: dict[str, Any]) -> list[Row]:
+    f, run = r["fixture"], r["run"]
+    return [
+        (
+            f"billing batch: {f['orgs']:,} orgs / {f['usage_events']:,} events",
+            f"{run['seconds']} s, {run['documents_per_s']:,} documents/s "
+            f"({run['documents']:,} documents)",
+            f"≤ {run['target_s']:g} s",
+        )
+    ]
+
+
+SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "emitter": _emitter,
+    "enforcement": _enforcement,
+    "clickhouse": _clickhouse,
+    "api": _api,
+    "billing": _billing,
+}
+
+
+def _selected() -> list[str]:
+    only = os.environ.get("METERING_BENCH_ONLY", "")
+    names = [n.strip() for n in only.split(",") if n.strip()] or list(BENCHMARKS)
+    unknown = set(names) - set(BENCHMARKS)
+    if unknown:
+        sys.exit(f"METERING_BENCH_ONLY: unknown {sorted(unknown)}; known: {list(BENCHMARKS)}")
+    return names
+
+
+def main() -> None:
+    started = datetime.now(UTC)
+    failed = []
+    names = _selected()
+    for name in names:
+        if subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False).returncode:
+            failed.append(name)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    table = Table(
+        "benchmark", "result", "target", title=f"make bench — {started:%Y-%m-%d %H:%M} UTC"
+    )
+    summary: list[dict[str, str]] = []
+    for name in names:
+        section = results.get(BENCHMARKS[name])
+        if section is None or datetime.fromisoformat(section["measured_at"]) < started:
+            table.add_row(f"[red]{name}", "[red]not measured in this run (failed)", "")
+            continue
+        for what, result, target in SUMMARIES[BENCHMARKS[name]](section):
+            table.add_row(what, result, target)
+            summary.append({"benchmark": what, "result": result, "target": target})
+    Console().print(table)
+    results["summary"] = {"measured_at": started.isoformat(), "rows": summary, "failed": failed}
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    if failed:
+        sys.exit(f"benchmarks failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
