@@ -26,8 +26,14 @@ def emit(
     account: Annotated[
         bool, typer.Option("--account", help="the file holds account events")
     ] = False,
-    usage_topic: Annotated[str, typer.Option(help="topic for usage events")] = USAGE_EVENTS,
-    account_topic: Annotated[str, typer.Option(help="topic for account events")] = ACCOUNT_EVENTS,
+    usage_topic: Annotated[
+        str | None,
+        typer.Option(help=f"topic for usage events; default {USAGE_EVENTS} (namespaced)"),
+    ] = None,
+    account_topic: Annotated[
+        str | None,
+        typer.Option(help=f"topic for account events; default {ACCOUNT_EVENTS} (namespaced)"),
+    ] = None,
 ) -> None:
     """Validate and send each line; invalid lines are reported (line, reason) and skipped.
 
@@ -38,7 +44,9 @@ def emit(
     rejected: Counter[str] = Counter()
     shown = 0
     emitter = Emitter(
-        settings.kafka_bootstrap, usage_topic=usage_topic, account_topic=account_topic
+        settings.kafka_bootstrap,
+        usage_topic=usage_topic or settings.topics.usage_events,
+        account_topic=account_topic or settings.topics.account_events,
     )
     send = emitter.emit_account if account else emitter.emit_usage
     with Progress(
