@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     billing_schedule: bool = True
     billing_at: str = Field(default="00:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     documents_dir: Path | None = None
+    # Prometheus metrics of `metering worker` / `metering sink` on this port (0: off); the
+    # sink child of a worker uses the next one. The API serves them on its own /metrics.
+    metrics_port: int = Field(default=9400, ge=0, le=65534)
     # Fault injection for the crash tests only: exit after this many stored batches,
     # between the insert and the offset commit (0: never).
     sink_exit_after_batches: int = 0

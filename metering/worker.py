@@ -44,6 +44,7 @@ import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
+from time import perf_counter
 from typing import Any, NoReturn, Protocol
 
 import faust
@@ -57,6 +58,19 @@ from metering.enforcement.notify import BatchResult, record_marks, resume_past_m
 from metering.enforcement.publisher import Delivery, Publisher, PublishFailed
 from metering.enforcement.records import SourceRecord, month_of
 from metering.enforcement.usage_processor import UsageProcessor
+from metering.metrics import (
+    ACCOUNT,
+    CONSUMER_LAG,
+    NEW_MONTH,
+    USAGE,
+    WORKER_BATCH_RETRIES,
+    WORKER_BATCH_SECONDS,
+    WORKER_BATCH_SIZE,
+    WORKER_DELIVERY_SECONDS,
+    WORKER_EVENTS_CONSUMED,
+    record_worker_batch,
+    serve,
+)
 from metering.settings import Settings
 
 log = logging.getLogger("metering.worker")
@@ -78,6 +92,7 @@ DRAIN_TIMEOUT_S = 10.0  # on shutdown, how long in-flight batches may take to co
 RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 EXIT_UNEXPECTED = 70
 NEW_MONTH_CHECK_S = 60.0
+LAG_REFRESH_S = 5.0  # how often the consumer-lag gauge is recomputed (no I/O: cached offsets)
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, KafkaException, PublishFailed, OSError)
 
 
@@ -109,7 +124,9 @@ async def _backoff(attempt: int, what: str, exc: BaseException) -> None:
     await asyncio.sleep(delay)
 
 
-async def process_batch(processor: Processor, records: Sequence[SourceRecord]) -> BatchResult:
+async def process_batch(
+    processor: Processor, records: Sequence[SourceRecord], name: str = USAGE
+) -> BatchResult:
     """Apply a batch to Redis and decide its outputs — retried until it succeeds (the
     scripts are idempotent: a replayed record is recognised, never counted twice)."""
     attempt = 0
@@ -117,6 +134,7 @@ async def process_batch(processor: Processor, records: Sequence[SourceRecord]) -
         try:
             return await processor.process(records)
         except RETRYABLE as exc:
+            WORKER_BATCH_RETRIES.labels(name, "apply").inc()
             await _backoff(attempt, f"batch of {len(records)}", exc)
             attempt += 1
         except Exception:
@@ -124,7 +142,11 @@ async def process_batch(processor: Processor, records: Sequence[SourceRecord]) -
 
 
 async def deliver_and_record(
-    publisher: Publisher, client: Redis, result: BatchResult, delivery: Delivery | None = None
+    publisher: Publisher,
+    client: Redis,
+    result: BatchResult,
+    delivery: Delivery | None = None,
+    name: str = USAGE,
 ) -> None:
     """Until the broker has every output of `result` (re-sent after a failure: consumers
     de-duplicate), then record its notification marks — retried until it succeeds."""
@@ -138,6 +160,7 @@ async def deliver_and_record(
             return
         except RETRYABLE as exc:
             delivery = None
+            WORKER_BATCH_RETRIES.labels(name, "publish").inc()
             await _backoff(attempt, f"publishing {len(result.outputs)} outputs", exc)
             attempt += 1
         except Exception:
@@ -148,12 +171,22 @@ class BatchPipeline:
     """One agent's batches through the steps described in the module docstring."""
 
     def __init__(
-        self, stream: Any, processor: Processor, publisher: Publisher, client: Redis
+        self,
+        stream: Any,
+        processor: Processor,
+        publisher: Publisher,
+        client: Redis,
+        name: str = USAGE,
     ) -> None:
         self._stream = stream
         self._processor = processor
         self._publisher = publisher
         self._client = client
+        self.name = name  # the processor's name in the metrics: usage or account
+        self._consumed = WORKER_EVENTS_CONSUMED.labels(name)
+        self._batch_size = WORKER_BATCH_SIZE.labels(name)
+        self._batch_seconds = WORKER_BATCH_SECONDS.labels(name)
+        self._delivery_seconds = WORKER_DELIVERY_SECONDS.labels(name)
         self._pending: list[Any] = []  # taken from faust (and held), not yet applied
         self._pending_since = 0.0  # when the oldest pending event was taken
         self._arrived = asyncio.Event()
@@ -170,6 +203,7 @@ class BatchPipeline:
             message = event.message
             message.incref()  # released in `_complete`, once the batch is durable
             next_offsets[message.tp] = message.offset + 1
+        self._consumed.inc(len(events))
         if not self._pending:
             self._pending_since = asyncio.get_running_loop().time()
         self._pending.extend(events)
@@ -193,6 +227,27 @@ class BatchPipeline:
             if high:
                 waiting += max(high - next_offset, 0)
         return waiting
+
+    def forget(self, partitions: Any) -> None:
+        """Partitions revoked in a rebalance: their positions are no longer ours (if one
+        comes back, its position is known again from the first record taken)."""
+        for tp in partitions:
+            self._next_offsets.pop(tp, None)
+
+    def lag(self, topic: str) -> int:
+        """Records of `topic` on the partitions assigned to this process that the agent
+        has not taken yet: high watermark (of the last fetch) minus position, from the
+        consumer's cached state — no I/O. A partition nothing was taken from since it
+        was assigned is left out (its position is not known here)."""
+        consumer = self._stream.app.consumer
+        lag = 0
+        for tp in consumer.assignment():
+            if tp.topic != topic or tp not in self._next_offsets:
+                continue
+            high = consumer.highwater(tp)
+            if high:
+                lag += max(high - self._next_offsets[tp], 0)
+        return lag
 
     async def _gather(self) -> list[Any]:
         """The next batch to apply: what is pending — after taking in more while at least
@@ -221,7 +276,11 @@ class BatchPipeline:
         try:
             while True:
                 events = await self._gather()
-                result = await process_batch(self._processor, [_record(e) for e in events])
+                started = perf_counter()
+                records = [_record(e) for e in events]
+                result = await process_batch(self._processor, records, self.name)
+                self._batch_seconds.observe(perf_counter() - started)
+                self._batch_size.observe(len(events))
                 delivery = await self._publisher.send(result.outputs)  # in batch order
                 previous = self._in_flight[-1] if self._in_flight else None
                 task = asyncio.create_task(self._complete(events, result, delivery, previous))
@@ -244,7 +303,16 @@ class BatchPipeline:
         delivery: Delivery,
         previous: asyncio.Task[None] | None,
     ) -> None:
-        await deliver_and_record(self._publisher, self._client, result, delivery)
+        started = perf_counter()
+        await deliver_and_record(self._publisher, self._client, result, delivery, self.name)
+        self._delivery_seconds.observe(perf_counter() - started)
+        record_worker_batch(
+            self.name,
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            dead_letter_reasons=result.dead_letter_reasons,
+            notified=result.notified,
+        )
         if previous is not None:
             await previous  # acknowledgements in batch order
         try:
@@ -298,9 +366,11 @@ def create_app(settings: Settings) -> faust.App:
             name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
+    pipelines: dict[str, BatchPipeline] = {}  # input topic → its agent's pipeline
+
     # faust ships no type information for streams.
-    async def run(stream: Any, processor: Processor) -> AsyncIterator[None]:
-        pipeline = BatchPipeline(stream, processor, publisher, client)
+    async def run(stream: Any, processor: Processor, name: str, topic: str) -> AsyncIterator[None]:
+        pipeline = pipelines[topic] = BatchPipeline(stream, processor, publisher, client, name)
         try:
             async for events in stream.take_events(BATCH_SIZE, within=BATCH_WINDOW_S):
                 await pipeline.take(events)
@@ -310,13 +380,34 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(raw_topic(topics.account_events), name="account-processor")
     async def account_agent(stream: Any) -> AsyncIterator[None]:
-        async for _ in run(stream, accounts):
+        async for _ in run(stream, accounts, ACCOUNT, topics.account_events):
             yield None
 
     @app.agent(raw_topic(topics.usage_events), name="usage-processor")
     async def usage_agent(stream: Any) -> AsyncIterator[None]:
-        async for _ in run(stream, usage):
+        async for _ in run(stream, usage, USAGE, topics.usage_events):
             yield None
+
+    lag_gauges = {
+        topic: CONSUMER_LAG.labels(settings.group_id, topic)
+        for topic in (topics.usage_events, topics.account_events)
+    }
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types it narrowly
+    async def forget_revoked(_app: Any, *args: Any, **_: Any) -> None:
+        """Sent with the set of revoked partitions."""
+        for pipeline in pipelines.values():
+            pipeline.forget(args[0])
+
+    @app.timer(interval=LAG_REFRESH_S)  # type: ignore[untyped-decorator]  # faust is untyped
+    async def report_lag() -> None:
+        """The consumer-lag gauge, from offsets the consumer has cached (no round trip)."""
+        for topic, gauge in lag_gauges.items():
+            pipeline = pipelines.get(topic)
+            try:
+                gauge.set(pipeline.lag(topic) if pipeline is not None else 0)
+            except Exception as exc:  # e.g. the consumer is restarting: try again later
+                log.debug("consumer lag of %s not known now (%s)", topic, exc)
 
     @app.timer(interval=NEW_MONTH_CHECK_S)  # type: ignore[untyped-decorator]  # faust is untyped
     async def new_month() -> None:
@@ -328,12 +419,26 @@ def create_app(settings: Settings) -> faust.App:
                 result = await resume_past_months(client, settings.redis_prefix, topics, month)
                 await publisher.publish(result.outputs)
                 await record_marks(client, result.marks)
+                record_worker_batch(
+                    NEW_MONTH,
+                    accepted=0,
+                    duplicates=0,
+                    dead_letter_reasons={},
+                    notified=result.notified,
+                )
                 return
             except RETRYABLE as exc:
+                WORKER_BATCH_RETRIES.labels(NEW_MONTH, "publish").inc()
                 log.warning("new-month job failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_BACKOFF_S[-1])
 
     return app
+
+
+def sink_metrics_port(settings: Settings) -> int:
+    """Where the sink child of `metering worker` serves its metrics: the port after the
+    worker's (0 if metrics are off)."""
+    return settings.metrics_port + 1 if settings.metrics_port else 0
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
@@ -344,7 +449,10 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
 
     # The ClickHouse sink runs beside the processors in a child process of its own (its
     # own consumer group, its own core); it dies with this process.
-    sink = spawn_sink_child() if settings.sink_in_worker else None
+    sink = spawn_sink_child(sink_metrics_port(settings)) if settings.sink_in_worker else None
+    # Metrics on METERING_METRICS_PORT (after the fork: the server is a thread); the sink
+    # child serves its own on the next port (docs/decisions.md › Metrics).
+    serve(settings.metrics_port, "metering worker")
     try:
         app = create_app(settings)
         Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

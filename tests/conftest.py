@@ -10,6 +10,7 @@ testcontainers path (docs/decisions.md).
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
 
 from metering.settings import Settings
+
+# Dozens of workers start during a session: by default none of them serves metrics (a
+# second process on the default port would only log that it is taken). The metrics tests
+# give their own processes free ports.
+os.environ.setdefault("METERING_METRICS_PORT", "0")
 from metering.stack.local import LocalStack, State
 from metering.topics import admin_client
 

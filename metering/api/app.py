@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 
 from billing.accounts import MONEY_ROLES, Rejected, apply_account_event
 from billing.pricing import PriceBook
+from metering.api.instrumentation import RequestMetrics, metrics
 from metering.api.models import (
     Appended,
     Authorization,
@@ -47,6 +48,7 @@ from metering.enforcement.keys import OrgKeys
 from metering.enforcement.records import month_of
 from metering.enforcement.state_codec import decode_account, decode_member
 from metering.gate import Gate, UnknownOrgError
+from metering.metrics import GATE_DECISIONS
 from metering.settings import Settings
 from schemas.account import Role
 from schemas.common import ID_PATTERN
@@ -141,6 +143,8 @@ def create_api(
 
     app.include_router(router)
     app.include_router(page_router)
+    app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
+    app.add_middleware(RequestMetrics)
     return app
 
 
@@ -255,6 +259,7 @@ async def authorization(
     except UnknownOrgError:
         raise HTTPException(404, f"unknown org {org_id}") from None
     reason = decision.reason.value if decision.reason else None
+    GATE_DECISIONS.labels("true" if decision.allowed else "false", reason or "none").inc()
     return Authorization(allowed=decision.allowed, reason=reason)
 
 

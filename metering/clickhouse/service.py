@@ -19,6 +19,7 @@ from threading import Event
 
 from metering.clickhouse.sink import ClickHouseSink
 from metering.clickhouse.store import Store, StoreInUse
+from metering.metrics import serve as serve_metrics
 from metering.settings import Settings
 
 log = logging.getLogger("metering.sink")
@@ -48,6 +49,8 @@ def serve(settings: Settings, *, once: bool = False, timeout_s: float = 600.0) -
     stop = Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if not once:  # a long-running sink; `--once` ends when caught up
+        serve_metrics(settings.metrics_port, "metering sink")
     store = Store(settings.resolved_clickhouse_url) if once else open_store_waiting(settings, stop)
     if store is None:
         return
@@ -67,15 +70,21 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def spawn_child(*arguments: str) -> subprocess.Popen[bytes]:
+def spawn_child(*arguments: str, **env: str) -> subprocess.Popen[bytes]:
     """`metering <arguments>` as a child of this process (same environment, same
-    settings) that gets SIGTERM when this process dies."""
+    settings, but for the `env` given) that gets SIGTERM when this process dies."""
     command = Path(sys.executable).parent / "metering"
-    return subprocess.Popen([str(command), *arguments], preexec_fn=_die_with_parent)  # noqa: PLW1509
+    return subprocess.Popen(
+        [str(command), *arguments],
+        preexec_fn=_die_with_parent,  # noqa: PLW1509
+        env={**os.environ, **env} if env else None,
+    )
 
 
-def spawn_sink_child() -> subprocess.Popen[bytes]:
-    return spawn_child("sink")
+def spawn_sink_child(metrics_port: int) -> subprocess.Popen[bytes]:
+    """`metering sink`, serving its metrics on `metrics_port` (0: none): not the
+    parent's port, which the parent serves."""
+    return spawn_child("sink", METERING_METRICS_PORT=str(metrics_port))
 
 
 def start_sink_thread(settings: Settings, store: Store, stop: Event) -> threading.Thread:

@@ -44,6 +44,15 @@ from metering.documents.records import IssuedDocument
 from metering.documents.store import store_new_documents
 from metering.enforcement.publisher import Publisher
 from metering.enforcement.records import OutputMessage, SourceRecord, dead_letter_message
+from metering.metrics import (
+    CONSUMER_LAG,
+    SINK_BATCH_RETRIES,
+    SINK_BATCHES,
+    SINK_DEAD_LETTERS,
+    SINK_DUPLICATES_SKIPPED,
+    SINK_INSERT_SECONDS,
+    SINK_ROWS_INSERTED,
+)
 from metering.settings import Settings
 from schemas.documents import DocumentOrigin
 from schemas.validation import Reason
@@ -55,6 +64,7 @@ RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # schema mismatch) is a bug and ends the process; the batch is replayed on restart.
 RETRYABLE = (OSError, ConnectionError, KafkaException, OperationalError)
 EXIT_FAULT_INJECTED = 77
+LAG_REFRESH_S = 5.0  # how often the consumer-lag gauge is recomputed (cached offsets only)
 
 
 @dataclass
@@ -75,6 +85,11 @@ class _BatchRows:
     accounts: list[tuple[Any, ...]] = field(default_factory=list)
     documents: list[IssuedDocument] = field(default_factory=list)
     rejects: list[OutputMessage] = field(default_factory=list)
+    reject_reasons: list[str] = field(default_factory=list)  # of each reject, for metrics
+
+    def reject(self, message: OutputMessage, reason: str) -> None:
+        self.rejects.append(message)
+        self.reject_reasons.append(reason)
 
 
 class ClickHouseSink:
@@ -98,6 +113,11 @@ class ClickHouseSink:
         )
         self._pending: list[SourceRecord] = []
         self._batch_started = 0.0
+        self._lag_reported = 0.0
+        self._stored: dict[tuple[str, int], int] = {}  # offsets this sink committed
+        self._lag_gauges = {
+            topic: CONSUMER_LAG.labels(settings.sink_group_id, topic) for topic in self._inputs
+        }
         self.stats = SinkStats()
         migrate(store)
 
@@ -161,6 +181,8 @@ class ClickHouseSink:
         due = time.monotonic() - self._batch_started >= self._settings.sink_batch_seconds
         if self._pending and (full or due):
             self.flush()
+        if time.monotonic() - self._lag_reported >= LAG_REFRESH_S:
+            self._report_lag()
         return len(messages)
 
     def flush(self) -> None:
@@ -178,10 +200,12 @@ class ClickHouseSink:
             except RETRYABLE as exc:
                 delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
                 log.warning("sink batch of %d failed (%s); retry in %.1f s", len(batch), exc, delay)
+                SINK_BATCH_RETRIES.inc()
                 attempt += 1
                 time.sleep(delay)
         self._inject_fault()
         self._commit(batch)
+        SINK_BATCHES.inc()
         self._pending = []
 
     # -- one batch -------------------------------------------------------------------
@@ -193,13 +217,14 @@ class ClickHouseSink:
                 try:
                     rows.usage.append(usage_row(record))
                 except BadPricedRecord as exc:
-                    rows.rejects.append(
+                    rows.reject(
                         dead_letter_message(
                             self._topics.usage_deadletter,
                             record,
                             Reason.INVALID_PRICED_RECORD.value,
                             str(exc),
-                        )
+                        ),
+                        Reason.INVALID_PRICED_RECORD.value,
                     )
             elif record.topic == self._topics.account_events:
                 row = self._ledger.apply(record)
@@ -213,13 +238,14 @@ class ClickHouseSink:
                 try:
                     rows.documents.append(IssuedDocument.from_record(record.value or b""))
                 except ValidationError as exc:
-                    rows.rejects.append(
+                    rows.reject(
                         dead_letter_message(
                             self._topics.usage_deadletter,
                             record,
                             Reason.INVALID_DOCUMENT_RECORD.value,
                             str(exc).splitlines()[0],
-                        )
+                        ),
+                        Reason.INVALID_DOCUMENT_RECORD.value,
                     )
         return rows
 
@@ -240,6 +266,18 @@ class ClickHouseSink:
         self.stats.dead_letters += len(rows.rejects)
         self.stats.last_flush_s = elapsed
         self.stats.insert_seconds.append(elapsed)
+        SINK_INSERT_SECONDS.observe(elapsed)
+        for table, count in (
+            ("usage_events", len(fresh)),
+            ("account_events", len(rows.accounts)),
+            ("documents", documents),
+        ):
+            if count:
+                SINK_ROWS_INSERTED.labels(table).inc(count)
+        if len(rows.usage) > len(fresh):
+            SINK_DUPLICATES_SKIPPED.inc(len(rows.usage) - len(fresh))
+        for reason in rows.reject_reasons:
+            SINK_DEAD_LETTERS.labels(reason).inc()
 
     def _new_usage_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         """Drop rows whose (org_id, event_id) is stored already or repeats in the batch."""
@@ -274,6 +312,7 @@ class ClickHouseSink:
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._stored.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
         except KafkaException as exc:
             # A rebalance took the partitions: the next owner replays the batch and the
             # stored-id check keeps the replay from inserting anything twice.
@@ -285,6 +324,27 @@ class ClickHouseSink:
         if limit and self.stats.batches >= limit:
             log.critical("fault injection: exiting after %d stored batches", limit)
             os._exit(EXIT_FAULT_INJECTED)
+
+    def _report_lag(self) -> None:
+        """The consumer-lag gauge: per input topic, over the partitions assigned to this
+        sink, the high watermark minus the offset this sink last committed (records not
+        yet stored; before its first commit of a partition, its read position), from
+        the client's cached state and our own commits (no request)."""
+        self._lag_reported = time.monotonic()
+        lag = dict.fromkeys(self._inputs, 0)
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                done = self._stored.get((tp.topic, tp.partition), tp.offset)
+                if done < 0:  # nothing read or committed yet: unknown
+                    continue
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lag[tp.topic] += max(high - done, 0)
+        except KafkaException as exc:  # e.g. in a rebalance: try again later
+            log.debug("consumer lag not known now (%s)", exc)
+            return
+        for topic, value in lag.items():
+            self._lag_gauges[topic].set(value)
 
     # -- group membership ------------------------------------------------------------
 
@@ -298,8 +358,10 @@ class ClickHouseSink:
             )
         )
 
-    def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.flush()
+        for tp in partitions:
+            self._stored.pop((tp.topic, tp.partition), None)
 
     def _caught_up(self) -> bool:
         """Every partition of the input topics committed up to its end, nothing pending.

@@ -16,6 +16,7 @@ An org's months are issued in order, from the first it has not had documents for
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,12 @@ from metering.documents.store import (
 )
 from metering.documents.watermarks import Watermarks, wait_until_stored
 from metering.enforcement.publisher import Publisher
+from metering.metrics import (
+    BILLING_DOCUMENTS_ISSUED,
+    BILLING_LAST_SUCCESS,
+    BILLING_RUN_SECONDS,
+    BILLING_RUNS,
+)
 from metering.settings import Settings
 from schemas.documents import Document, DocumentKind, DocumentOrigin
 
@@ -113,6 +120,29 @@ class BillingBatch:
                 f"{month} has not ended yet; its documents are issued from {end} on "
                 "(`billing preview` shows the month to date)"
             )
+        started = time.perf_counter()
+        try:
+            report = self._run(month, out, org_id=org_id, on_org=on_org, watermarks=watermarks)
+        except Exception:
+            BILLING_RUNS.labels("failure").inc()
+            BILLING_RUN_SECONDS.labels("failure").observe(time.perf_counter() - started)
+            raise
+        BILLING_RUNS.labels("success").inc()
+        BILLING_RUN_SECONDS.labels("success").observe(time.perf_counter() - started)
+        for kind, count in report.issued.items():
+            BILLING_DOCUMENTS_ISSUED.labels(kind).inc(count)
+        BILLING_LAST_SUCCESS.set_to_current_time()
+        return report
+
+    def _run(
+        self,
+        month: str,
+        out: Path | None,
+        *,
+        org_id: str | None,
+        on_org: Callable[[int, int], None] | None,
+        watermarks: Watermarks | None,
+    ) -> BatchReport:
         marks = watermarks or wait_until_stored(self._settings)
         orgs = [org_id] if org_id else None
         histories = {

@@ -12,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from time import perf_counter
 from typing import Any
 
 from billing.accounts import OrgAccount, Rejected, apply_account_event
@@ -27,6 +28,7 @@ from metering.enforcement.state_codec import (
     member_fields,
     meta_fields,
 )
+from metering.metrics import REDIS_APPLY_ACCOUNTS, REDIS_LOAD_ACCOUNTS, REDIS_READ_SPEND
 from schemas.account import AccountEvent, CreditsPurchased
 from schemas.validation import InvalidEvent, Reason, parse_account_event
 
@@ -66,7 +68,9 @@ class AccountProcessor(BatchProcessor):
             load.get(keys.account)
             load.hget(keys.offsets, f"account:{partition}")
             load.hmget(keys.account_ids, [p.event.event_id for p in parsed])
+        started = perf_counter()
         loaded = await load.execute()
+        REDIS_LOAD_ACCOUNTS.observe(perf_counter() - started)
 
         write = self._redis.pipeline(transaction=False)
         changed: dict[str, tuple[OrgAccount, SourceRecord]] = {}
@@ -105,7 +109,9 @@ class AccountProcessor(BatchProcessor):
                     keys=[OrgKeys(self._prefix, org_id).base], args=args, client=write
                 )
                 changed[org_id] = (state, parsed[-1].record)
+        started = perf_counter()
         await write.execute()
+        REDIS_APPLY_ACCOUNTS.observe(perf_counter() - started)
         await self._reevaluate(changed, result)
         return result
 
@@ -172,7 +178,9 @@ class AccountProcessor(BatchProcessor):
             read.get(keys.balance)
             read.smembers(keys.stopped)
             read.smembers(keys.notified(month))
+        started = perf_counter()
         replies = await read.execute()
+        REDIS_READ_SPEND.observe(perf_counter() - started)
         for index, (org_id, (state, _record)) in enumerate(changed.items()):
             spend_hash, balance, stopped, notified = replies[4 * index : 4 * index + 4]
             snapshot = self._snapshot(state, months[org_id], spend_hash, balance)

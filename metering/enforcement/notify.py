@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from time import perf_counter
 
 from redis.asyncio import Redis
 
 from billing.notifications import Due, resumes_for_past_months
 from metering.enforcement.keys import OrgKeys, orgs_with_stops_key
 from metering.enforcement.records import OutputMessage
+from metering.metrics import REDIS_RECORD_MARKS
 from metering.topics import TopicNames
 from schemas.validation import encode_event
 
@@ -20,11 +22,16 @@ class BatchResult:
 
     outputs: list[OutputMessage] = field(default_factory=list)
     marks: list[tuple[str, str, str]] = field(default_factory=list)  # (op, key, member)
+    # Counts for the metrics: records accepted (usage: priced, a replay of an applied one
+    # included; account: applied), records already applied with the same event_id
+    # (not in `accepted`), records dead-lettered.
     accepted: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     notifications: int = 0
+    # (kind, reason) → count, for the metrics (reason "" for thresholds and balance alerts)
+    notified: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
 
 def publish_due(
@@ -38,6 +45,7 @@ def publish_due(
         )
         result.marks.append((op, key, item.mark))
         result.notifications += 1
+        result.notified[(item.notification.kind.value, item.notification.reason or "")] += 1
     if due and op == "sadd" and key.endswith(":stopped"):
         # Index the org for the new-month job (never removed: bounded by the org count).
         prefix = key[: key.index("{")]
@@ -73,4 +81,6 @@ async def record_marks(client: Redis, marks: list[tuple[str, str, str]]) -> None
             pipe.sadd(key, member)
         else:
             pipe.srem(key, member)
+    started = perf_counter()
     await pipe.execute()
+    REDIS_RECORD_MARKS.observe(perf_counter() - started)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from time import perf_counter
 from typing import Any
 
 from billing.accounts import Member
@@ -37,6 +38,7 @@ from metering.enforcement.records import (
 )
 from metering.enforcement.scripts import run_pipelined
 from metering.enforcement.state_codec import decode_member
+from metering.metrics import REDIS_APPLY_USAGE
 from schemas.account import BillingMode, Plan, SeatType
 from schemas.usage import UsageEvent
 from schemas.validation import InvalidEvent, Reason, encode_event, parse_usage_event
@@ -164,7 +166,9 @@ class UsageProcessor(BatchProcessor):
                 for v in events
             ]
             calls.append(([OrgKeys(self._prefix, org_id).base], args))
+        started = perf_counter()
         replies = await run_pipelined(self._redis, self._scripts.apply_usage, calls)
+        REDIS_APPLY_USAGE.observe(perf_counter() - started)
 
         for ((org_id, _partition), events), reply in zip(ordered, replies, strict=True):
             state = json.loads(reply)
@@ -191,8 +195,7 @@ class UsageProcessor(BatchProcessor):
                 )
                 result.accepted += 1
             elif code == "D":
-                result.duplicates += 1
-                result.accepted += 1  # the same event, counted once (G1)
+                result.duplicates += 1  # the same event, counted once (G1)
             else:
                 reason, detail = {
                     "C": (
