@@ -7,12 +7,17 @@ org exists (404) → the caller's role, read from the org's member list in Redis
 the body (422, FastAPI's field-level `detail`). Writes append the matching account
 event with the caller as `actor` and return once the broker has it (202); a change the
 account rules would refuse (e.g. a self-serve seat removal mid-term, R5) is 409 and
-appends nothing.
+appends nothing. A write sent with an `Idempotency-Key` header is applied once however
+often it is retried with that key: the first request's event is remembered (Redis, 7
+days) and a retry re-sends exactly that event, which the account processor recognises as
+a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import re
 import threading
 import uuid
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
@@ -60,6 +65,18 @@ Clock = Callable[[], datetime]
 OrgId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 UserId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",  # printable ASCII, no spaces
+        description="makes a retried write apply once: same key (per org and caller) → "
+        "the first request's event is re-sent, never a second change; kept 7 days",
+    ),
+]
+IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 ERRORS: dict[int | str, dict[str, Any]] = {
     # 400: a body that is not UTF-8 (FastAPI: "There was an error parsing the body").
     **{code: {"model": Problem} for code in (400, 401, 403, 404, 409)},
@@ -214,14 +231,32 @@ async def owner(svc: Services, who: Caller, org_id: str) -> Role:
 
 
 async def append(
-    svc: Services, who: Caller, role: Role, org_id: str, *, kind: str, data: dict[str, Any]
+    svc: Services,
+    who: Caller,
+    role: Role,
+    org_id: str,
+    *,
+    kind: str,
+    data: dict[str, Any],
+    idempotency_key: str | None = None,
 ) -> Appended:
     """Check the change against the org's current account state, then append it with
     the caller (whose `role` `owner` established) as actor, and wait until the broker
-    has it."""
+    has it. With an idempotency key, a request seen before re-sends its first event."""
     assert who.user_id is not None
+    keys = OrgKeys(svc.prefix, org_id)
+    remembered = None
+    if idempotency_key is not None:
+        proof = f"{org_id}\n{who.user_id}\n{idempotency_key}".encode()
+        event_id = f"api-{hashlib.sha256(proof).hexdigest()[:32]}"
+        remembered = keys.idempotent_request(event_id)
+        first = await svc.redis.get(remembered)
+        if first is not None:
+            return await _resend(svc, json.loads(first), kind, data)
+    else:
+        event_id = f"api-{uuid.uuid4().hex}"
     raw = {
-        "event_id": f"api-{uuid.uuid4().hex}",
+        "event_id": event_id,
         "type": kind,
         "org_id": org_id,
         "occurred_at": svc.clock().isoformat(),
@@ -232,12 +267,37 @@ async def append(
         event = parse_account_event(raw, now=svc.clock())
     except InvalidEvent as exc:
         raise HTTPException(422, f"{exc.reason.value}: {exc.detail}") from None
-    state = decode_account(await svc.redis.get(OrgKeys(svc.prefix, org_id).account))
+    state = decode_account(await svc.redis.get(keys.account))
     outcome = apply_account_event(state, event)
     if isinstance(outcome, Rejected):
         raise HTTPException(409, {"reason": outcome.reason.value, "message": outcome.detail})
+    if remembered is not None:
+        # Remembered before it is sent, so a retry after a crash right after sending
+        # re-sends the same event. Two concurrent first requests: one stores, the other
+        # re-sends what that one stored.
+        earlier = await svc.redis.set(
+            remembered, json.dumps(raw), nx=True, ex=IDEMPOTENCY_TTL_S, get=True
+        )
+        if isinstance(earlier, str | bytes):  # SET NX GET: the value already there
+            return await _resend(svc, json.loads(earlier), kind, data)
     future = svc.emitter.emit_account(event)
     await asyncio.wrap_future(future)
+    return Appended(event_id=event.event_id, type=event.type)
+
+
+async def _resend(
+    svc: Services, first: dict[str, Any], kind: str, data: dict[str, Any]
+) -> Appended:
+    """A retry: the same change again re-sends the first request's event unchanged (the
+    account processor counts it once); another change under the same key is refused."""
+    if (first["type"], first["data"]) != (kind, data):
+        raise HTTPException(
+            422,
+            "idempotency_key_reused: this Idempotency-Key was used for another request "
+            f"({first['type']} {json.dumps(first['data'], sort_keys=True)})",
+        )
+    event = parse_account_event(first, now=svc.clock())
+    await asyncio.wrap_future(svc.emitter.emit_account(event))
     return Appended(event_id=event.event_id, type=event.type)
 
 
@@ -290,42 +350,64 @@ async def usage(
 
 
 @router.post("/v1/orgs/{org_id}/credits", response_model=Appended, status_code=202)
-async def buy_credits(org_id: OrgId, body: CreditPurchase, svc: Svc, who: Who) -> Appended:
+async def buy_credits(
+    org_id: OrgId, body: CreditPurchase, svc: Svc, who: Who, *, key: IdempotencyKey = None
+) -> Appended:
     role = await owner(svc, who, org_id)
     data = {"purchase_id": body.purchase_id, "amount": format_usd(body.amount)}
-    return await append(svc, who, role, org_id, kind="credits.purchased", data=data)
+    return await append(
+        svc, who, role, org_id, kind="credits.purchased", data=data, idempotency_key=key
+    )
 
 
 @router.put("/v1/orgs/{org_id}/spend-caps/org", response_model=Appended, status_code=202)
-async def set_org_cap(org_id: OrgId, body: CapChange, svc: Svc, who: Who) -> Appended:
+async def set_org_cap(
+    org_id: OrgId, body: CapChange, svc: Svc, who: Who, *, key: IdempotencyKey = None
+) -> Appended:
     role = await owner(svc, who, org_id)
-    return await append(svc, who, role, org_id, kind="spend_cap.set", data=_cap(None, body))
+    return await append(
+        svc, who, role, org_id, kind="spend_cap.set", data=_cap(None, body), idempotency_key=key
+    )
 
 
 @router.put(
     "/v1/orgs/{org_id}/spend-caps/users/{user_id}", response_model=Appended, status_code=202
 )
 async def set_user_cap(
-    org_id: OrgId, user_id: UserId, body: CapChange, svc: Svc, who: Who
+    org_id: OrgId,
+    user_id: UserId,
+    body: CapChange,
+    svc: Svc,
+    who: Who,
+    *,
+    key: IdempotencyKey = None,
 ) -> Appended:
     role = await owner(svc, who, org_id)
-    return await append(svc, who, role, org_id, kind="spend_cap.set", data=_cap(user_id, body))
+    return await append(
+        svc, who, role, org_id, kind="spend_cap.set", data=_cap(user_id, body), idempotency_key=key
+    )
 
 
 @router.post("/v1/orgs/{org_id}/seats", response_model=Appended, status_code=202)
-async def add_seats(org_id: OrgId, body: SeatChange, svc: Svc, who: Who) -> Appended:
+async def add_seats(
+    org_id: OrgId, body: SeatChange, svc: Svc, who: Who, *, key: IdempotencyKey = None
+) -> Appended:
     role = await owner(svc, who, org_id)
     data = {"seat_type": body.seat_type.value, "quantity": body.quantity}
-    return await append(svc, who, role, org_id, kind="seats.added", data=data)
+    return await append(svc, who, role, org_id, kind="seats.added", data=data, idempotency_key=key)
 
 
 @router.post("/v1/orgs/{org_id}/seats/removals", response_model=Appended, status_code=202)
-async def remove_seats(org_id: OrgId, body: SeatChange, svc: Svc, who: Who) -> Appended:
+async def remove_seats(
+    org_id: OrgId, body: SeatChange, svc: Svc, who: Who, *, key: IdempotencyKey = None
+) -> Appended:
     """Self-serve orgs may not remove seats mid-term (R5: 409); sales-assisted removals
     take effect at renewal."""
     role = await owner(svc, who, org_id)
     data = {"seat_type": body.seat_type.value, "quantity": body.quantity}
-    return await append(svc, who, role, org_id, kind="seats.removed", data=data)
+    return await append(
+        svc, who, role, org_id, kind="seats.removed", data=data, idempotency_key=key
+    )
 
 
 @router.get(

@@ -50,6 +50,11 @@ class OrgKeys:
         """Hash: account event_id → "digest|partition|offset|outcome"."""
         return f"{self.base}:account_ids"
 
+    def idempotent_request(self, event_id: str) -> str:
+        """String: JSON of the account event an API write with an Idempotency-Key sent
+        first (expires after 7 days; a cache, not state: `metering rebuild` skips it)."""
+        return f"{self.base}:idempotency:{event_id}"
+
     @property
     def stopped(self) -> str:
         """Set of "month|reason|subject" stop conditions already notified."""
