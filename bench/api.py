@@ -28,7 +28,6 @@ import re
 import resource
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,7 @@ from metering.api.tokens import issue
 from metering.emitter import Emitter
 from metering.gate import Gate, UnknownOrgError
 from metering.settings import Settings
+from metering.stack.process import stop_child
 from metering.topics import admin_client, ensure_topics
 
 RATE = int(os.environ.get("METERING_BENCH_API_RATE", "1000"))
@@ -346,17 +346,7 @@ def _seed(settings: Settings, log: Path) -> float:
             time.sleep(0.2)
         return time.perf_counter() - started
     finally:
-        _stop(worker)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_child(worker, timeout_s=60)
 
 
 def _free_port() -> int:
@@ -386,7 +376,7 @@ def _start_api(settings: Settings, port: int, token: str, log: Path) -> subproce
                 raise RuntimeError(f"{org}/{user} is not allowed: {body!r}")
             return api
         if api.poll() is not None or time.monotonic() > deadline:
-            _stop(api)
+            stop_child(api, timeout_s=60)
             raise RuntimeError(f"the API did not come up (status {status}); see {log}")
         time.sleep(0.2)
 
@@ -471,7 +461,7 @@ def main() -> None:
         results["closed_loop"] = _load("closed", port, token, api.pid)
     finally:
         if api is not None:
-            _stop(api)
+            stop_child(api, timeout_s=60)
         _cleanup(settings, store_dir)
 
     o, c = results["open_loop"], results["closed_loop"]

@@ -445,7 +445,8 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     """Run until SIGTERM/SIGINT (graceful: acknowledged offsets are committed)."""
     from faust.worker import Worker  # noqa: PLC0415 - only needed when running
 
-    from metering.clickhouse.service import spawn_sink_child, stop_child  # noqa: PLC0415
+    from metering.clickhouse.service import spawn_sink_child  # noqa: PLC0415
+    from metering.stack.process import stop_child  # noqa: PLC0415
 
     # The ClickHouse sink runs beside the processors in a child process of its own (its
     # own consumer group, its own core); it dies with this process.

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from metering.documents.watermarks import SinkBehind
 from metering.emitter import Emitter
 from metering.settings import Settings
 from metering.stack.local import LocalStack
-from metering.stack.process import StackError
+from metering.stack.process import StackError, stop_child
 from metering.topics import admin_client, consumer_lag
 from metering.traffic import OrgProfile, TrafficGenerator
 
@@ -295,12 +294,7 @@ def demo(
         pages = _save_usage_pages(settings, port, traffic.orgs, [now.strftime("%Y-%m"), month], out)
     finally:
         tail.close()
-        run.send_signal(signal.SIGTERM)
-        try:
-            run.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            run.kill()
-            run.wait()
+        stop_child(run, timeout_s=60)
 
     documents_dir = out / "documents" / month
     try:

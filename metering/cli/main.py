@@ -109,7 +109,8 @@ def run(
     """All-in-one: the stream processors (this process) and, in a child process, the
     HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
     embedded store)."""
-    from metering.clickhouse.service import spawn_child, stop_child  # noqa: PLC0415
+    from metering.clickhouse.service import spawn_child  # noqa: PLC0415
+    from metering.stack.process import stop_child  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
 
     child = spawn_child("api", "--with-sink")

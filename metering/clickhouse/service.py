@@ -102,13 +102,3 @@ def start_sink_thread(settings: Settings, store: Store, stop: Event) -> threadin
     thread = threading.Thread(target=run, name="clickhouse-sink", daemon=True)
     thread.start()
     return thread
-
-
-def stop_child(child: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()

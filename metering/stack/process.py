@@ -99,3 +99,14 @@ def terminate(pid_file: Path, marker: str, timeout_s: float = 60.0) -> bool:
             time.sleep(0.1)
     pid_file.unlink(missing_ok=True)
     return True
+
+
+def stop_child(child: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout_s`."""
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
