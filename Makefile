@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CODE := schemas billing metering tests bench
 
-.PHONY: help install system-deps test lint demo bench stack-up stack-down stack-status schemas clean
+.PHONY: help install system-deps test test-faults lint demo bench stack-up stack-down stack-status schemas clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ stack-status: install ## Show the local stack
 
 test: install system-deps ## Run the whole suite against real Kafka and Redis (started if needed)
 	$(BIN)/pytest
+
+test-faults: install system-deps ## Only the reliability suite (also part of `test`); METERING_FAULT_SEED=N reruns seed N
+	$(BIN)/pytest tests/e2e/test_reliability.py
 
 lint: install ## ruff + mypy
 	$(BIN)/ruff check $(CODE)
