@@ -13,7 +13,7 @@ stays small and the hot path cheap. Children with fixed labels are bound once he
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     REGISTRY,
@@ -24,6 +24,9 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.exposition import choose_encoder
+
+if TYPE_CHECKING:  # notify imports this module for its timings
+    from metering.enforcement.notify import BatchResult
 
 log = logging.getLogger("metering.metrics")
 
@@ -190,22 +193,15 @@ BILLING_LAST_SUCCESS = Gauge(
 )
 
 
-def record_worker_batch(
-    processor: str,
-    *,
-    accepted: int,
-    duplicates: int,
-    dead_letter_reasons: Mapping[str, int],
-    notified: Mapping[tuple[str, str], int],
-) -> None:
+def record_worker_batch(processor: str, result: BatchResult) -> None:
     """A batch's outcomes, once its outputs are durable."""
-    if accepted:
-        WORKER_EVENTS_ACCEPTED.labels(processor).inc(accepted)
-    if duplicates:
-        WORKER_DUPLICATES.labels(processor).inc(duplicates)
-    for reason, count in dead_letter_reasons.items():
+    if result.accepted:
+        WORKER_EVENTS_ACCEPTED.labels(processor).inc(result.accepted)
+    if result.duplicates:
+        WORKER_DUPLICATES.labels(processor).inc(result.duplicates)
+    for reason, count in result.dead_letter_reasons.items():
         WORKER_DEAD_LETTERS.labels(processor, reason).inc(count)
-    for (kind, reason), count in notified.items():
+    for (kind, reason), count in result.notified.items():
         WORKER_NOTIFICATIONS.labels(kind).inc(count)
         if kind == "stopped":
             WORKER_BLOCKS.labels(reason).inc(count)

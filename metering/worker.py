@@ -306,13 +306,7 @@ class BatchPipeline:
         started = perf_counter()
         await deliver_and_record(self._publisher, self._client, result, delivery, self.name)
         self._delivery_seconds.observe(perf_counter() - started)
-        record_worker_batch(
-            self.name,
-            accepted=result.accepted,
-            duplicates=result.duplicates,
-            dead_letter_reasons=result.dead_letter_reasons,
-            notified=result.notified,
-        )
+        record_worker_batch(self.name, result)
         if previous is not None:
             await previous  # acknowledgements in batch order
         try:
@@ -419,13 +413,7 @@ def create_app(settings: Settings) -> faust.App:
                 result = await resume_past_months(client, settings.redis_prefix, topics, month)
                 await publisher.publish(result.outputs)
                 await record_marks(client, result.marks)
-                record_worker_batch(
-                    NEW_MONTH,
-                    accepted=0,
-                    duplicates=0,
-                    dead_letter_reasons={},
-                    notified=result.notified,
-                )
+                record_worker_batch(NEW_MONTH, result)
                 return
             except RETRYABLE as exc:
                 WORKER_BATCH_RETRIES.labels(NEW_MONTH, "publish").inc()

@@ -81,15 +81,18 @@ class SinkStats:
 
 @dataclass
 class _BatchRows:
+    deadletter_topic: str
     usage: list[tuple[Any, ...]] = field(default_factory=list)
     accounts: list[tuple[Any, ...]] = field(default_factory=list)
     documents: list[IssuedDocument] = field(default_factory=list)
     rejects: list[OutputMessage] = field(default_factory=list)
     reject_reasons: list[str] = field(default_factory=list)  # of each reject, for metrics
 
-    def reject(self, message: OutputMessage, reason: str) -> None:
-        self.rejects.append(message)
-        self.reject_reasons.append(reason)
+    def reject(self, record: SourceRecord, reason: Reason, detail: str) -> None:
+        self.rejects.append(
+            dead_letter_message(self.deadletter_topic, record, reason.value, detail)
+        )
+        self.reject_reasons.append(reason.value)
 
 
 class ClickHouseSink:
@@ -211,21 +214,13 @@ class ClickHouseSink:
     # -- one batch -------------------------------------------------------------------
 
     def _rows(self, batch: Sequence[SourceRecord]) -> _BatchRows:
-        rows = _BatchRows()
+        rows = _BatchRows(self._topics.usage_deadletter)
         for record in batch:
             if record.topic == self._topics.usage_priced:
                 try:
                     rows.usage.append(usage_row(record))
                 except BadPricedRecord as exc:
-                    rows.reject(
-                        dead_letter_message(
-                            self._topics.usage_deadletter,
-                            record,
-                            Reason.INVALID_PRICED_RECORD.value,
-                            str(exc),
-                        ),
-                        Reason.INVALID_PRICED_RECORD.value,
-                    )
+                    rows.reject(record, Reason.INVALID_PRICED_RECORD, str(exc))
             elif record.topic == self._topics.account_events:
                 row = self._ledger.apply(record)
                 if row is not None:
@@ -238,15 +233,7 @@ class ClickHouseSink:
                 try:
                     rows.documents.append(IssuedDocument.from_record(record.value or b""))
                 except ValidationError as exc:
-                    rows.reject(
-                        dead_letter_message(
-                            self._topics.usage_deadletter,
-                            record,
-                            Reason.INVALID_DOCUMENT_RECORD.value,
-                            str(exc).splitlines()[0],
-                        ),
-                        Reason.INVALID_DOCUMENT_RECORD.value,
-                    )
+                    rows.reject(record, Reason.INVALID_DOCUMENT_RECORD, str(exc).splitlines()[0])
         return rows
 
     def _store_rows(self, rows: _BatchRows) -> None:

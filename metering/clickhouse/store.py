@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,22 @@ class Store:
     def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self._mutex:
             return [tuple(row) for row in self.client.query(sql, parameters=parameters).result_rows]
+
+    def rows_in(
+        self,
+        sql: str,
+        name: str,
+        values: Iterable[str],
+        parameters: dict[str, Any] | None = None,
+    ) -> list[tuple[Any, ...]]:
+        """The rows of `sql`, whose `IN %(name)s` list takes `values`: sorted and
+        de-duplicated, queried in slices of IN_LIST_SIZE (see `in_batches`); the rows come
+        slice after slice, each slice's in the order `sql` gives."""
+        return [
+            row
+            for batch in in_batches(sorted(set(values)))
+            for row in self.rows(sql, {**(parameters or {}), name: batch})
+        ]
 
     def insert(self, table: str, rows: Sequence[tuple[Any, ...]], columns: Sequence[str]) -> None:
         if not rows:

@@ -22,12 +22,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from billing.documents import LateUsage, UsageTotal, midnight, month_period
 from billing.monthly import MonthInputs, closing_cents, month_documents
 from billing.pricing import PriceBook
-from metering.clickhouse.store import Store, in_batches
+from metering.clickhouse.store import Store
 from metering.documents.files import write_document_files
 from metering.documents.history import OrgHistory, load_histories
 from metering.documents.records import IssuedDocument, parse_body
@@ -203,21 +202,8 @@ class BillingBatch:
         """Billed usage per org: this month's per member × model, stored below the
         watermarks, and late usage of earlier months stored after the org's previous
         usage document (from the `documents` table), per month × member × model."""
-        usage: dict[str, tuple[list[UsageTotal], list[LateUsage]]] = defaultdict(lambda: ([], []))
-        for batch in in_batches(orgs):
-            for org, used_in, user, model, tokens, billed in self._usage_rows(month, batch, marks):
-                on_time, late = usage[org]
-                if used_in == month:
-                    on_time.append(UsageTotal(user, model, int(tokens), int(billed)))
-                else:
-                    late.append(LateUsage(used_in, user, model, int(tokens), int(billed)))
-        return usage
-
-    def _usage_rows(
-        self, month: str, orgs: Sequence[str], marks: Watermarks
-    ) -> list[tuple[Any, ...]]:
         start, end = month_period(month)
-        return self._store.rows(
+        rows = self._store.rows_in(
             f"""
             SELECT e.org_id, formatDateTime(e.occurred_at, '%%Y-%%m') AS month,
                    e.user_id, e.model,
@@ -240,15 +226,24 @@ class BillingBatch:
             GROUP BY e.org_id, month, e.user_id, e.model
             HAVING billed != 0
             """,
+            "orgs",
+            orgs,
             {
                 "kinds": list(USAGE_KINDS),
-                "orgs": list(orgs),
                 "start": midnight(start),
                 "start_day": start,
                 "end": midnight(end),
                 "marks": list(marks.usage),
             },
         )
+        usage: dict[str, tuple[list[UsageTotal], list[LateUsage]]] = defaultdict(lambda: ([], []))
+        for org, used_in, user, model, tokens, billed in rows:
+            on_time, late = usage[org]
+            if used_in == month:
+                on_time.append(UsageTotal(user, model, int(tokens), int(billed)))
+            else:
+                late.append(LateUsage(used_in, user, model, int(tokens), int(billed)))
+        return usage
 
     def _month_documents(
         self,

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from billing.accounts import OrgAccount, Rejected, apply_account_event
 from billing.documents import Purchase, midnight
 from metering.clickhouse.rows import event_from_row
-from metering.clickhouse.store import Store, in_batches
+from metering.clickhouse.store import Store
 from schemas.account import (
     ACCOUNT_EVENT_ADAPTER,
     AccountEvent,
@@ -107,11 +107,7 @@ def load_histories(store: Store, org_ids: Sequence[str] | None = None) -> dict[s
     if org_ids is None:
         rows = store.rows(select.format(where=""))
     else:  # each org's events keep their log order within its batch
-        rows = [
-            row
-            for batch in in_batches(sorted(set(org_ids)))
-            for row in store.rows(select.format(where="AND org_id IN %(orgs)s"), {"orgs": batch})
-        ]
+        rows = store.rows_in(select.format(where="AND org_id IN %(orgs)s"), "orgs", org_ids)
     histories: dict[str, OrgHistory] = {}
     for *columns, partition, offset in rows:
         event = ACCOUNT_EVENT_ADAPTER.validate_python(event_from_row(columns))

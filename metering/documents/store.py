@@ -9,19 +9,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 
-from metering.clickhouse.store import Store, in_batches
+from metering.clickhouse.store import Store
 from metering.documents.records import DOCUMENT_COLUMNS, IssuedDocument
 
 
 def stored_ids(store: Store, ids: Iterable[str]) -> set[str]:
-    found: set[str] = set()
-    for batch in in_batches(sorted(set(ids))):
-        rows = store.rows(
-            f"SELECT document_id FROM {store.table('documents')} WHERE document_id IN %(ids)s",
-            {"ids": batch},
-        )
-        found.update(row[0] for row in rows)
-    return found
+    sql = f"SELECT document_id FROM {store.table('documents')} WHERE document_id IN %(ids)s"
+    return {row[0] for row in store.rows_in(sql, "ids", ids)}
 
 
 def store_new_documents(store: Store, documents: Sequence[IssuedDocument]) -> int:
@@ -61,12 +55,8 @@ def issued_documents(store: Store, org_ids: Sequence[str] | None = None) -> list
     )
     if org_ids is None:
         rows = store.rows(select.format(where=""))
-    else:  # sorted batches of orgs, so the concatenation keeps the org order
-        rows = [
-            row
-            for batch in in_batches(sorted(set(org_ids)))
-            for row in store.rows(select.format(where="WHERE org_id IN %(orgs)s"), {"orgs": batch})
-        ]
+    else:  # batches of sorted orgs, so the concatenation keeps the org order
+        rows = store.rows_in(select.format(where="WHERE org_id IN %(orgs)s"), "orgs", org_ids)
     return [
         StoredDocument(
             document_id=r[0],

@@ -33,5 +33,4 @@ class BatchProcessor:
         result.outputs.append(
             dead_letter_message(self._topics.usage_deadletter, record, reason, detail, event_id)
         )
-        result.dead_lettered += 1
         result.dead_letter_reasons[reason] += 1

@@ -24,13 +24,11 @@ class BatchResult:
     marks: list[tuple[str, str, str]] = field(default_factory=list)  # (op, key, member)
     # Counts for the metrics: records accepted (usage: priced, a replay of an applied one
     # included; account: applied), records already applied with the same event_id
-    # (not in `accepted`), records dead-lettered.
+    # (not in `accepted`), records dead-lettered by reason, notifications by (kind,
+    # reason) — reason "" for thresholds and balance alerts.
     accepted: int = 0
     duplicates: int = 0
-    dead_lettered: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    notifications: int = 0
-    # (kind, reason) → count, for the metrics (reason "" for thresholds and balance alerts)
     notified: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -44,7 +42,6 @@ def publish_due(
             OutputMessage(topics.notifications, org_id, encode_event(item.notification))
         )
         result.marks.append((op, key, item.mark))
-        result.notifications += 1
         result.notified[(item.notification.kind.value, item.notification.reason or "")] += 1
     if due and op == "sadd" and key.endswith(":stopped"):
         # Index the org for the new-month job (never removed: bounded by the org count).
