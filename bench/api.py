@@ -28,7 +28,6 @@ import re
 import resource
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,7 @@ from metering.api.tokens import issue
 from metering.emitter import Emitter
 from metering.gate import Gate, UnknownOrgError
 from metering.settings import Settings
-from metering.stack.process import stop_child
+from metering.stack.process import free_port, stop_child
 from metering.topics import admin_client, ensure_topics
 
 RATE = int(os.environ.get("METERING_BENCH_API_RATE", "1000"))
@@ -349,13 +348,6 @@ def _seed(settings: Settings, log: Path) -> float:
         stop_child(worker, timeout_s=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _start_api(settings: Settings, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         api = subprocess.Popen(
@@ -455,7 +447,7 @@ def main() -> None:
     try:
         ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())
         results["seed_seconds"] = round(_seed(settings, log), 2)
-        port = _free_port()
+        port = free_port(HOST)
         api = _start_api(settings, port, token, log)
         results["open_loop"] = _load("open", port, token, api.pid)
         results["closed_loop"] = _load("closed", port, token, api.pid)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -48,7 +47,7 @@ from metering.documents.watermarks import SinkBehind
 from metering.emitter import Emitter
 from metering.settings import Settings
 from metering.stack.local import LocalStack
-from metering.stack.process import StackError, stop_child
+from metering.stack.process import StackError, free_port, stop_child
 from metering.topics import admin_client, consumer_lag
 from metering.traffic import OrgProfile, TrafficGenerator
 
@@ -106,13 +105,6 @@ def _emitter(settings: Settings) -> Emitter:
         usage_topic=topics.usage_events,
         account_topic=topics.account_events,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _lag(settings: Settings) -> int:
@@ -255,7 +247,7 @@ def demo(
     traffic = TrafficGenerator(run_seed, orgs, members, last_start)
     out = settings.var_dir / "demo"
     out.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
 
     with (out / "run.log").open("ab") as log:
         run = subprocess.Popen(

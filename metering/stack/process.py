@@ -23,6 +23,14 @@ def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
         return False
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's pick; free until someone binds it)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def read_pid(pid_file: Path, marker: str = "") -> int | None:
     """The pid recorded in `pid_file` if that process is still alive (and its command line
     contains `marker`, so a recycled pid is not mistaken for ours), else None."""

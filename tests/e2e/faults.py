@@ -29,6 +29,7 @@ from confluent_kafka import KafkaException
 
 from metering.settings import Settings
 from metering.stack.local import LocalStack
+from metering.stack.process import stop_child
 from tests.e2e.pipeline import Pipeline
 from tests.helpers import run_metering
 
@@ -139,13 +140,7 @@ class Workers:
         its partitions. The last worker is never removed."""
         if len(self.running) < 2:
             return
-        leaving = self.running.pop()
-        leaving.send_signal(signal.SIGTERM)
-        try:
-            leaving.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            leaving.kill()
-            leaving.wait()
+        stop_child(self.running.pop(), timeout_s=60)
 
     def stop_all(self, sig: int = signal.SIGTERM) -> int:
         """Stop every worker; returns how many ran."""
@@ -239,13 +234,8 @@ class Api:
             self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_child(self.process)
         self.process = None
 
     def call(self, method: str, path: str, token: str, body: Any) -> httpx.Response:

@@ -4,25 +4,18 @@
 from __future__ import annotations
 
 import signal
-import socket
 import time
 
 import httpx
 import pytest
 
 from metering.clickhouse.store import Store
+from metering.stack.process import free_port
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import new_org, spend
 from tests.metering.api.conftest import SECRET, bearer, token
 
 pytestmark = pytest.mark.stack
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def test_one_command_runs_processors_api_and_sink(pipeline: Pipeline) -> None:
