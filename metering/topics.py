@@ -7,7 +7,9 @@ topics that feed a rebuild keep their data forever unless an operator decides ot
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -178,6 +180,37 @@ def ensure_topics(
         TopicState(spec.name, len(metadata[spec.name].partitions), spec.name in created)
         for spec in specs
     ]
+
+
+BROKER_RETRY_S = 2.0
+
+
+def wait_for_topics(
+    bootstrap: str, names: Sequence[str], stop: threading.Event, log: logging.Logger
+) -> bool:
+    """Block until the broker answers and every topic in `names` exists; False if `stop`
+    is set first. A process started before Kafka, or before the topics were created
+    (`metering stack up`, compose's `topics` job), waits and says what for, instead of
+    failing at start (aiokafka cannot bootstrap) or running on without its input (faust
+    ignores a missing topic and never looks again)."""
+    admin = admin_client(bootstrap)
+    said = ""
+    while not stop.is_set():
+        try:
+            existing = admin.list_topics(timeout=BROKER_RETRY_S).topics
+            missing = [name for name in names if name not in existing]
+            waiting_for = f"topics {', '.join(missing)} to be created" if missing else ""
+        except KafkaException as exc:
+            waiting_for = f"Kafka at {bootstrap} ({exc.args[0].str()})"
+        if not waiting_for:
+            if said:
+                log.warning("Kafka and its topics are there now; starting")
+            return True
+        if waiting_for != said:
+            log.warning("waiting for %s", waiting_for)
+            said = waiting_for
+        stop.wait(BROKER_RETRY_S)
+    return False
 
 
 def consumer_lag(bootstrap: str, group_id: str, topics: list[str]) -> int:

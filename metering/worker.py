@@ -40,6 +40,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
+import threading
 import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -72,6 +74,7 @@ from metering.metrics import (
     serve,
 )
 from metering.settings import Settings
+from metering.topics import wait_for_topics
 
 log = logging.getLogger("metering.worker")
 
@@ -429,13 +432,38 @@ def sink_metrics_port(settings: Settings) -> int:
     return settings.metrics_port + 1 if settings.metrics_port else 0
 
 
+def wait_for_kafka(settings: Settings) -> bool:
+    """Until the broker answers and the topics the processors read and write exist (see
+    `wait_for_topics`); False if SIGTERM/SIGINT came first."""
+    stop = threading.Event()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = [signal.signal(sig, lambda *_: stop.set()) for sig in signals]
+    topics = settings.topics
+    names = [
+        topics.account_events,
+        topics.usage_events,
+        topics.usage_priced,
+        topics.usage_deadletter,
+        topics.notifications,
+    ]
+    try:
+        return wait_for_topics(settings.kafka_bootstrap, names, stop, log)
+    finally:
+        for sig, handler in zip(signals, previous, strict=True):
+            signal.signal(sig, handler)
+
+
 def run_worker(settings: Settings, loglevel: str = "warning") -> None:
-    """Run until SIGTERM/SIGINT (graceful: acknowledged offsets are committed)."""
+    """Run until SIGTERM/SIGINT (graceful: acknowledged offsets are committed). Started
+    before Kafka or its topics, it waits for them first."""
     from faust.worker import Worker  # noqa: PLC0415 - only needed when running
 
     from metering.clickhouse.service import spawn_sink_child  # noqa: PLC0415
     from metering.stack.process import stop_child  # noqa: PLC0415
 
+    log.setLevel(loglevel.upper())  # as faust's own logs, also while waiting for Kafka
+    if not wait_for_kafka(settings):
+        return
     # The ClickHouse sink runs beside the processors in a child process of its own (its
     # own consumer group, its own core); it dies with this process.
     sink = spawn_sink_child(sink_metrics_port(settings)) if settings.sink_in_worker else None
