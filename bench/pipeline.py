@@ -6,13 +6,18 @@ Method (all on a private topic namespace with 12 partitions, against the local s
    (METERING_BENCH_WORKERS, default 1) are then started and timed until their consumer
    group has committed all of them (events/s sustained, including start-up and group
    join; also the rate after the first commit, and the workers' CPU time per event then,
-   which varies far less than rates on shared cores);
-2. raw ceiling: a plain confluent-kafka consumer reads the same topic end to end;
-3. event-to-block: while background traffic flows at METERING_BENCH_BACKGROUND_RATE
+   which varies far less than rates on shared cores). The CPU per event of the local
+   broker and Redis is measured over the same window: with the workers', it bounds what
+   this machine sustains with any number of workers;
+2. faust alone: the same backlog through the worker's faust app with a processor that
+   does nothing (`bench.faust_floor`, its own group): the CPU faust's own per-message
+   path costs, a floor under the worker's;
+3. raw ceiling: a plain confluent-kafka consumer reads the same topic end to end;
+4. event-to-block: while background traffic flows at METERING_BENCH_BACKGROUND_RATE
    events/s (default 2,000), an event that takes a member over their cap is emitted and
    the gate is polled until it says `user_cap_reached` (p50/p90/p99/max over
    METERING_BENCH_BLOCK_TRIALS trials, default 100);
-4. gate: sequential `Gate.check` calls (p50/p99, one Redis round trip each).
+5. gate: sequential `Gate.check` calls (p50/p99, one Redis round trip each).
 
 METERING_BENCH_SUSTAINED_ONLY=1 stops after step 1; METERING_BENCH_PROFILE=<prefix> samples
 each worker with py-spy (installed separately) into <prefix>-<n>.txt.
@@ -43,6 +48,7 @@ from rich.table import Table
 from metering.emitter import Emitter
 from metering.gate import Gate
 from metering.settings import Settings
+from metering.stack.local import LocalStack
 from metering.topics import admin_client, consumer_lag, ensure_topics
 from metering.traffic import TrafficGenerator
 
@@ -232,19 +238,21 @@ async def _block_latency(settings: Settings, traffic: TrafficGenerator) -> list[
     return latencies
 
 
+METERING_WORKER = [str(Path(sys.executable).parent / "metering"), "worker"]
+FAUST_FLOOR = [sys.executable, "-m", "bench.faust_floor"]
+
+
 def _start_workers(
     settings: Settings,
+    command: list[str] = METERING_WORKER,
+    count: int = WORKERS,
+    profile: str = PROFILE,
 ) -> tuple[list[subprocess.Popen[bytes]], list[subprocess.Popen[bytes]]]:
-    """WORKERS `metering worker` processes, and a py-spy sampling each if PROFILE."""
+    """`count` worker processes, and a py-spy sampling each if `profile` (a prefix)."""
     with Path("var/bench-worker.log").open("ab") as log:
         workers = [
-            subprocess.Popen(
-                [str(Path(sys.executable).parent / "metering"), "worker"],
-                env=_env(settings),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            for _ in range(WORKERS)
+            subprocess.Popen(command, env=_env(settings), stdout=log, stderr=subprocess.STDOUT)
+            for _ in range(count)
         ]
     py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
     profilers = [
@@ -255,7 +263,7 @@ def _start_workers(
                 "--idle",
                 "--threads",
                 "--output",
-                f"{PROFILE}-{n}.txt",
+                f"{profile}-{n}.txt",
                 "--pid",
                 str(w.pid),
             ],
@@ -263,7 +271,7 @@ def _start_workers(
             stderr=subprocess.DEVNULL,
         )
         for n, w in enumerate(workers)
-        if PROFILE
+        if profile
     ]
     return workers, profilers
 
@@ -277,28 +285,66 @@ def _cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _faust_floor(settings: Settings) -> dict[str, Any]:
+    """The same backlog through one faust worker that does nothing with it (its own
+    consumer group): the CPU faust itself costs per event, a floor under the worker's."""
+    floor = settings.model_copy(update={"group_id": f"{settings.group_id}-faust-floor"})
+    started = time.perf_counter()
+    workers, _ = _start_workers(floor, FAUST_FLOOR, count=1, profile="")
+    try:
+        return _sustained(floor, started, [w.pid for w in workers])
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+
+def _stack_pids(settings: Settings) -> dict[str, list[int]]:
+    """The local broker's and Redis's processes, when `metering stack up` started them
+    (an external broker or Redis is not measured)."""
+    return {c.name: [c.pid] for c in LocalStack(settings).status() if c.pid is not None}
+
+
 def _sustained(settings: Settings, started: float, pids: list[int]) -> dict[str, Any]:
-    """Until the group has committed the whole backlog. Besides the rates, the workers'
-    CPU time per event after start-up: on shared cores it varies far less than the rate."""
+    """Until the group has committed the whole backlog. Besides the rates, the CPU time
+    per event after start-up of the workers, the broker and Redis: on shared cores it
+    varies far less than the rate, and their sum bounds what this machine can sustain
+    whatever the number of workers (cores ÷ CPU per event)."""
+    processes = {"worker": pids, **_stack_pids(settings)}
+
+    def cpu() -> dict[str, float]:
+        return {name: _cpu_seconds(group) for name, group in processes.items()}
+
     first_progress = None  # (when, lag, CPU) at the group's first commit (start-up over)
     while (lag := _lag(settings)) > 0:
         if first_progress is None and lag < BACKLOG_EVENTS:
-            first_progress = (time.perf_counter(), lag, _cpu_seconds(pids))
+            first_progress = (time.perf_counter(), lag, cpu())
         time.sleep(0.5)
-    finished, cpu = time.perf_counter(), _cpu_seconds(pids)
+    finished, cpu_end = time.perf_counter(), cpu()
     elapsed = finished - started
-    steady = cpu_per_event = 0.0
+    steady = 0.0
+    us_per_event = dict.fromkeys(processes, 0.0)
     if first_progress:
         steady = first_progress[1] / (finished - first_progress[0])
-        cpu_per_event = (cpu - first_progress[2]) / first_progress[1]
+        us_per_event = {
+            name: (cpu_end[name] - first_progress[2][name]) / first_progress[1] * 1e6
+            for name in processes
+        }
+    total = sum(us_per_event.values())
+    cores = os.cpu_count() or 1
     return {
-        "workers": WORKERS,
+        "workers": len(pids),
         "events": BACKLOG_EVENTS,
         "seconds": round(elapsed, 2),
         "events_per_s": round(BACKLOG_EVENTS / elapsed),
         # After the first commit: without start-up and group join (±0.5 s polling).
         "steady_events_per_s": round(steady),
-        "worker_cpu_us_per_event": round(cpu_per_event * 1e6, 1),
+        "worker_cpu_us_per_event": round(us_per_event["worker"], 1),
+        "broker_cpu_us_per_event": round(us_per_event.get("kafka", 0.0), 1),
+        "redis_cpu_us_per_event": round(us_per_event.get("redis", 0.0), 1),
+        # What all cores could sustain at this CPU per event, workers added at will.
+        "cores": cores,
+        "cpu_bound_events_per_s": round(cores * 1e6 / total) if total else 0,
     }
 
 
@@ -328,6 +374,7 @@ def main() -> None:
         if SUSTAINED_ONLY:
             print(json.dumps(results["pipeline"]))
             return
+        results["faust_floor"] = _faust_floor(settings)
         raw = _raw_ceiling(settings, BACKLOG_EVENTS)
         results["raw_consumer"] = {
             "messages_per_s": round(raw),
@@ -377,6 +424,19 @@ def main() -> None:
         "pipeline sustained",
         f"{p['events_per_s']:,} events/s ({p['events']:,} events, {p['seconds']} s; "
         f"{p['steady_events_per_s']:,}/s after the first commit)",
+    )
+    table.add_row(
+        "CPU per event",
+        f"worker {p['worker_cpu_us_per_event']} µs · broker {p['broker_cpu_us_per_event']} µs"
+        f" · Redis {p['redis_cpu_us_per_event']} µs → at most "
+        f"{p['cpu_bound_events_per_s']:,}/s on {p['cores']} cores",
+    )
+    f = results["faust_floor"]
+    table.add_row(
+        "faust alone (a no-op processor)",
+        f"{f['steady_events_per_s']:,}/s after the first commit; worker "
+        f"{f['worker_cpu_us_per_event']} µs/event → at most {f['cpu_bound_events_per_s']:,}/s "
+        f"on {f['cores']} cores",
     )
     table.add_row(
         "raw consumer ceiling",

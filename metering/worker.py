@@ -328,8 +328,9 @@ class BatchPipeline:
             await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
 
 
-def create_app(settings: Settings) -> faust.App:
-    app = faust.App(
+def faust_app(settings: Settings) -> faust.App:
+    """The faust app the processors run in (also the benchmark's faust-alone floor)."""
+    return faust.App(
         settings.group_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
@@ -345,6 +346,17 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=2.0,
         broker_rebalance_timeout=20.0,
     )
+
+
+def raw_topic(app: faust.App, name: str) -> faust.TopicT:
+    """A topic read as bytes: the processors parse and validate records themselves."""
+    return app.topic(
+        name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust_app(settings)
     client = Redis.from_url(settings.redis_url)
     book = settings.load_price_book()
     publisher = Publisher(settings.kafka_bootstrap)
@@ -358,11 +370,6 @@ def create_app(settings: Settings) -> faust.App:
     )
     accounts = AccountProcessor(client, book, settings.redis_prefix, topics)
 
-    def raw_topic(name: str) -> faust.TopicT:
-        return app.topic(
-            name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        )
-
     pipelines: dict[str, BatchPipeline] = {}  # input topic → its agent's pipeline
 
     # faust ships no type information for streams.
@@ -375,12 +382,12 @@ def create_app(settings: Settings) -> faust.App:
         finally:
             await pipeline.drain()
 
-    @app.agent(raw_topic(topics.account_events), name="account-processor")
+    @app.agent(raw_topic(app, topics.account_events), name="account-processor")
     async def account_agent(stream: Any) -> AsyncIterator[None]:
         async for _ in run(stream, accounts, ACCOUNT, topics.account_events):
             yield None
 
-    @app.agent(raw_topic(topics.usage_events), name="usage-processor")
+    @app.agent(raw_topic(app, topics.usage_events), name="usage-processor")
     async def usage_agent(stream: Any) -> AsyncIterator[None]:
         async for _ in run(stream, usage, USAGE, topics.usage_events):
             yield None
