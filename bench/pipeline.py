@@ -49,6 +49,7 @@ from metering.emitter import Emitter
 from metering.gate import Gate
 from metering.settings import Settings
 from metering.stack.local import LocalStack
+from metering.stack.process import stop_child
 from metering.topics import admin_client, consumer_lag, ensure_topics
 from metering.traffic import TrafficGenerator
 
@@ -295,8 +296,7 @@ def _faust_floor(settings: Settings) -> dict[str, Any]:
         return _sustained(floor, started, [w.pid for w in workers])
     finally:
         for worker in workers:
-            worker.terminate()
-            worker.wait(timeout=60)
+            stop_child(worker, timeout_s=60)
 
 
 def _stack_pids(settings: Settings) -> dict[str, list[int]]:

@@ -35,6 +35,8 @@ log = logging.getLogger("metering.metrics")
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 USAGE, ACCOUNT, NEW_MONTH = "usage", "account", "new_month"
+# Latency buckets, 1 ms to 10 s, shared by the batch and HTTP histograms.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # -- the enforcement worker -------------------------------------------------------------
 
@@ -91,14 +93,14 @@ WORKER_BATCH_SECONDS = Histogram(
     "Seconds to apply a batch: validate, price, the Redis round trip(s), decide outputs "
     "(retries included)",
     ["processor"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=SECONDS_BUCKETS,
 )
 WORKER_DELIVERY_SECONDS = Histogram(
     "metering_worker_batch_delivery_seconds",
     "Seconds from handing a batch's outputs to the producer until the broker acknowledged "
     "them all and the notification marks were recorded",
     ["processor"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=SECONDS_BUCKETS,
 )
 WORKER_REDIS_SECONDS = Histogram(
     "metering_worker_redis_seconds",
@@ -161,7 +163,7 @@ HTTP_REQUEST_SECONDS = Histogram(
     "metering_http_request_seconds",
     "Seconds to answer an HTTP request, by method, route template and status code",
     ["method", "route", "status"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+    buckets=SECONDS_BUCKETS,
 )
 GATE_DECISIONS = Counter(
     "metering_gate_decisions_total",

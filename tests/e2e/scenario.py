@@ -36,9 +36,11 @@ def new_org(
     members: tuple[str, ...] = ("u1", "u2"),
     extra_usage: bool = False,
     credits: str | None = "100.00",
+    at: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """org.created, the primary owner plus `members`, and (self-serve) a credit purchase."""
-    today = datetime.now(UTC).date()
+    """org.created, the primary owner plus `members`, and (self-serve) a credit purchase;
+    all at `at` (default: a minute ago), the term starting on the first of its month."""
+    day = (at or datetime.now(UTC)).date()
     events = [
         account(
             org,
@@ -46,28 +48,39 @@ def new_org(
             {
                 "plan": plan,
                 "billing_mode": mode,
-                "term_start": today.replace(day=1).isoformat(),
+                "term_start": day.replace(day=1).isoformat(),
                 "seats": {seat: len(members) + 1},
                 "extra_usage": extra_usage,
             },
             actor=None,
+            at=at,
         ),
         account(
             org,
             "member.added",
             {"user_id": "owner", "role": "primary_owner", "seat_type": seat},
             actor=None,
+            at=at,
         ),
     ]
     events += [
         account(
-            org, "member.added", {"user_id": u, "role": "member", "seat_type": seat}, actor=None
+            org,
+            "member.added",
+            {"user_id": u, "role": "member", "seat_type": seat},
+            actor=None,
+            at=at,
         )
         for u in members
     ]
     if credits is not None and mode == "self_serve":
         events.append(
-            account(org, "credits.purchased", {"purchase_id": f"pay-{org}-0", "amount": credits})
+            account(
+                org,
+                "credits.purchased",
+                {"purchase_id": f"pay-{org}-0", "amount": credits},
+                at=at,
+            )
         )
     return events
 

@@ -12,7 +12,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +22,7 @@ from faust.types import TP
 
 from metering import metrics
 from metering.settings import Settings
+from metering.stack.process import free_port
 from metering.worker import BatchPipeline, sink_metrics_port
 from tests.conftest import RunningStack
 from tests.e2e.pipeline import Pipeline, cleanup, new_pipeline
@@ -241,49 +242,6 @@ def _last_month_day() -> datetime:
     return datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
 
 
-def _org_of_last_month(org: str, mode: str, when: datetime) -> list[dict[str, Any]]:
-    term = date(when.year, when.month, 1).isoformat()
-    events = [
-        account(
-            org,
-            "org.created",
-            {
-                "plan": "usage_based",
-                "billing_mode": mode,
-                "term_start": term,
-                "seats": {"enterprise": 2},
-                "extra_usage": False,
-            },
-            actor=None,
-            at=when,
-        ),
-        account(
-            org,
-            "member.added",
-            {"user_id": "owner", "role": "primary_owner", "seat_type": "enterprise"},
-            actor=None,
-            at=when,
-        ),
-        account(
-            org,
-            "member.added",
-            {"user_id": "u1", "role": "member", "seat_type": "enterprise"},
-            actor=None,
-            at=when,
-        ),
-    ]
-    if mode == "self_serve":
-        events.append(
-            account(
-                org,
-                "credits.purchased",
-                {"purchase_id": f"pay-{org}", "amount": "40.00"},
-                at=when,
-            )
-        )
-    return events
-
-
 def test_the_api_process_serves_the_nightly_batch_and_its_sink(pipeline: Pipeline) -> None:
     """`metering api --with-sink` bills the last month that ended at start-up (the nightly
     schedule catching up): its /metrics shows the run, the documents by kind, the last
@@ -291,8 +249,8 @@ def test_the_api_process_serves_the_nightly_batch_and_its_sink(pipeline: Pipelin
     when = _last_month_day()
     pipeline.start_worker()
     pipeline.send_accounts(
-        *_org_of_last_month("org_bill_ss", "self_serve", when),
-        *_org_of_last_month("org_bill_sa", "sales_assisted", when),
+        *new_org("org_bill_ss", mode="self_serve", members=("u1",), credits="40.00", at=when),
+        *new_org("org_bill_sa", mode="sales_assisted", members=("u1",), at=when),
     )
     pipeline.wait_for_gate("org_bill_sa", "u1", None)
     pipeline.send_usage(
@@ -301,9 +259,7 @@ def test_the_api_process_serves_the_nightly_batch_and_its_sink(pipeline: Pipelin
     pipeline.wait_for(lambda p: len(p.priced()) == 2, what="2 priced")
     pipeline.wait_caught_up()
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        http_port = probe.getsockname()[1]
+    http_port = free_port()
     started = time.time()
     api = pipeline.spawn(
         "api", "--with-sink", METERING_HTTP_PORT=str(http_port), METERING_API_SECRET=SECRET
