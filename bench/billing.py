@@ -70,7 +70,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.clickhouse import ORG_SKEW, RESULTS, SEAT_ALLOWANCE_DAYS, _du, _weighted_index
-from billing.accounts import OrgAccount, Rejected, apply_account_event
+from billing.accounts import OrgAccount, Rejected, next_state
 from billing.documents import midnight, month_period
 from billing.pricing import PriceBook
 from billing.rounding import NANOS_PER_CENT, parse_cents
@@ -243,7 +243,7 @@ def _ledger(
         source = SourceRecord(
             topic, partition, offsets[partition], event.org_id.encode(), None, received_ms
         )
-        after = apply_account_event(states.get(event.org_id), event)
+        after = next_state(states.get(event.org_id), event)
         if isinstance(after, Rejected):
             raise RuntimeError(f"fixture event {event.event_id} is refused: {after.detail}")
         states[event.org_id] = after

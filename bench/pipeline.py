@@ -181,6 +181,16 @@ async def _block_latency(settings: Settings, traffic: TrafficGenerator) -> list[
             org = uncapped[trial % len(uncapped)]
             user = f"cap-{trial}"
             seat = "enterprise" if org.plan.value == "usage_based" else "standard"
+            probe.emit_account(  # a seat for the probe member (members fit the seats)
+                {
+                    "event_id": f"cap-s-{trial}",
+                    "type": "seats.added",
+                    "org_id": org.org_id,
+                    "occurred_at": _now(),
+                    "actor": None,
+                    "data": {"seat_type": seat, "quantity": 1},
+                }
+            )
             probe.emit_account(
                 {
                     "event_id": f"cap-m-{trial}",

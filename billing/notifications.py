@@ -77,8 +77,8 @@ def due_thresholds(snapshot: SpendSnapshot, notified: set[str]) -> list[Due]:
                         user_id=user_id,
                         month=snapshot.month,
                         threshold=str(fraction),
-                        spend_nano_usd=spend,
-                        cap_nano_usd=cap,
+                        spend=spend,
+                        cap=cap,
                     ),
                 )
             )
@@ -243,7 +243,7 @@ def due_balance_levels(
                         user_id=None,
                         month=None,
                         threshold=format_usd(level),
-                        balance_nano_usd=balance_nano_usd,
+                        balance=balance_nano_usd,
                     ),
                 )
             )

@@ -108,7 +108,17 @@ class PriceBook:
         return self._versions[index]
 
     def seat_price(self, seat_type: SeatType, on: date) -> SeatPrice:
+        """Raises LookupError before the first version (a seat fee cannot be guessed)."""
         return self.version_on(on).seats[seat_type]
+
+    def usage_allowance(self, seat_type: SeatType, on: date) -> int:
+        """The seat's monthly usage allowance (R6) in force on `on`, in nano-USD. Before
+        the first version, the first version's: an allowance is looked up for the first
+        day of a month, which may come before a price book that starts mid-month, and
+        enforcement must never fail on it (usage itself is priced at its own time)."""
+        index = self._index_at(on)
+        version = self._versions[index if index is not None else 0]
+        return version.seats[seat_type].monthly_usage_allowance
 
 
 def price_usage(event: UsageEvent, book: PriceBook) -> PricedUsage:

@@ -55,9 +55,7 @@ class Gate:
         if plan is None:
             raise UnknownOrgError(org_id)
         member = decode_member(member_raw)
-        allowance = (
-            self._book.seat_price(member.seat, now.date()).monthly_usage_allowance if member else 0
-        )
+        allowance = self._book.usage_allowance(member.seat, now.date()) if member else 0
         state = GateState(
             plan=Plan(plan.decode()),
             billing_mode=BillingMode(billing_mode.decode()),

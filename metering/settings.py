@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 
 from pydantic import Field
@@ -32,6 +31,9 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     topic_partitions: int = Field(default=12, ge=1, le=1000)
     kafka_heap: str = "768m"
+    # How often each worker appends the renewals of contracts whose term has ended (R3, R7);
+    # 0: never (renewals then come only from `contract.renewed` events sent from outside).
+    renewal_check_seconds: float = Field(default=60.0, ge=0)
     # Self-serve balance alerts (R17): notify when the balance falls below each level (USD).
     balance_alert_levels: str = "10.00,1.00"
     # Isolation: a topic-name prefix, a Redis key prefix and the processors' consumer group.
@@ -79,8 +81,10 @@ class Settings(BaseSettings):
     def topics(self) -> TopicNames:
         return TopicNames(self.topic_namespace)
 
-    @cached_property
+    @property
     def resolved_clickhouse_url(self) -> str:
+        # A plain property: a cached one would be copied by `model_copy(update=…)` and
+        # name the old store in a copy that changed `clickhouse_url` or `var_dir`.
         return self.clickhouse_url or f"chdb://{(self.var_dir / 'clickhouse').resolve()}"
 
     @property

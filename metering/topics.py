@@ -26,6 +26,7 @@ USAGE_PRICED = "usage.priced.v1"
 USAGE_DEADLETTER = "usage.deadletter.v1"
 NOTIFICATIONS = "billing.notifications.v1"
 DOCUMENTS = "billing.documents.v1"
+NOTIFICATION_MARKS = "billing.notification_marks.v1"
 
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 # The broker stamps input records on arrival: the future-event check (G4) compares with
@@ -73,6 +74,10 @@ class TopicNames:
     def documents(self) -> str:
         return self.namespace + DOCUMENTS
 
+    @property
+    def notification_marks(self) -> str:
+        return self.namespace + NOTIFICATION_MARKS
+
     def specs(self) -> tuple[TopicSpec, ...]:
         return (
             TopicSpec(self.usage_events, "raw usage events from product services", _INPUT),
@@ -90,8 +95,15 @@ class TopicNames:
             ),
             TopicSpec(
                 self.documents,
-                "issued monthly documents with the log positions they cover (billing run)",
+                "issued documents: monthly ones with the log positions they cover (billing "
+                "run), seat invoices (account processor)",
                 _FOREVER,
+            ),
+            TopicSpec(
+                self.notification_marks,
+                "which notifications were sent (compacted): what `metering rebuild` restores "
+                "so none is sent twice, kept as long as it matters",
+                {"cleanup.policy": "compact"},
             ),
         )
 

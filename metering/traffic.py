@@ -86,7 +86,9 @@ class TrafficGenerator:
                     "type": "member.added",
                     "org_id": org.org_id,
                     "occurred_at": at,
-                    "actor": {"user_id": owner, "role": Role.PRIMARY_OWNER.value},
+                    # Provisioned by the system (as SCIM would): a new org has no owner
+                    # yet who could add members (R14 applies to membership).
+                    "actor": None,
                     "data": {"user_id": user, "role": role.value, "seat_type": seat.value},
                 }
             actor = {"user_id": owner, "role": Role.PRIMARY_OWNER.value}

@@ -59,6 +59,7 @@ from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.notify import BatchResult, record_marks, resume_past_months
 from metering.enforcement.publisher import Delivery, Publisher, PublishFailed
 from metering.enforcement.records import SourceRecord, month_of
+from metering.enforcement.renewals import due_renewals
 from metering.enforcement.usage_processor import UsageProcessor
 from metering.metrics import (
     ACCOUNT,
@@ -148,6 +149,8 @@ async def deliver_and_record(
     publisher: Publisher,
     client: Redis,
     result: BatchResult,
+    *,
+    prefix: str,
     delivery: Delivery | None = None,
     name: str = USAGE,
 ) -> None:
@@ -159,7 +162,7 @@ async def deliver_and_record(
             if delivery is None:
                 delivery = await publisher.send(result.outputs)
             await delivery
-            await record_marks(client, result.marks)
+            await record_marks(client, prefix, result.marks)
             return
         except RETRYABLE as exc:
             delivery = None
@@ -179,9 +182,12 @@ class BatchPipeline:
         processor: Processor,
         publisher: Publisher,
         client: Redis,
+        *,
+        prefix: str,
         name: str = USAGE,
     ) -> None:
         self._stream = stream
+        self._prefix = prefix
         self._processor = processor
         self._publisher = publisher
         self._client = client
@@ -307,7 +313,14 @@ class BatchPipeline:
         previous: asyncio.Task[None] | None,
     ) -> None:
         started = perf_counter()
-        await deliver_and_record(self._publisher, self._client, result, delivery, self.name)
+        await deliver_and_record(
+            self._publisher,
+            self._client,
+            result,
+            prefix=self._prefix,
+            delivery=delivery,
+            name=self.name,
+        )
         self._delivery_seconds.observe(perf_counter() - started)
         record_worker_batch(self.name, result)
         if previous is not None:
@@ -374,7 +387,9 @@ def create_app(settings: Settings) -> faust.App:
 
     # faust ships no type information for streams.
     async def run(stream: Any, processor: Processor, name: str, topic: str) -> AsyncIterator[None]:
-        pipeline = pipelines[topic] = BatchPipeline(stream, processor, publisher, client, name)
+        pipeline = pipelines[topic] = BatchPipeline(
+            stream, processor, publisher, client, prefix=settings.redis_prefix, name=name
+        )
         try:
             async for events in stream.take_events(BATCH_SIZE, within=BATCH_WINDOW_S):
                 await pipeline.take(events)
@@ -422,7 +437,7 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 result = await resume_past_months(client, settings.redis_prefix, topics, month)
                 await publisher.publish(result.outputs)
-                await record_marks(client, result.marks)
+                await record_marks(client, settings.redis_prefix, result.marks)
                 record_worker_batch(NEW_MONTH, result)
                 return
             except RETRYABLE as exc:
@@ -430,7 +445,28 @@ def create_app(settings: Settings) -> faust.App:
                 log.warning("new-month job failed (%s); retrying", exc)
                 await asyncio.sleep(RETRY_BACKOFF_S[-1])
 
+    if settings.renewal_check_seconds:
+
+        @app.timer(interval=settings.renewal_check_seconds)  # type: ignore[untyped-decorator]
+        async def renew_contracts() -> None:
+            await append_renewals(client, publisher, settings)
+
     return app
+
+
+async def append_renewals(client: Redis, publisher: Publisher, settings: Settings) -> None:
+    """Append the renewals of the terms that have ended (each worker may: a renewal's
+    id is derived from its term, so a repeat is a duplicate)."""
+    attempt = 0
+    while True:
+        try:
+            today = datetime.now(UTC).date()
+            renewals = await due_renewals(client, settings.redis_prefix, settings.topics, today)
+            await publisher.publish(renewals)
+            return
+        except RETRYABLE as exc:
+            await _backoff(attempt, "the renewal check", exc)
+            attempt += 1
 
 
 def sink_metrics_port(settings: Settings) -> int:
@@ -452,6 +488,8 @@ def wait_for_kafka(settings: Settings) -> bool:
         topics.usage_priced,
         topics.usage_deadletter,
         topics.notifications,
+        topics.documents,
+        topics.notification_marks,
     ]
     try:
         return wait_for_topics(settings.kafka_bootstrap, names, stop, log)

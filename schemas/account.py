@@ -8,14 +8,13 @@ member) depends on the org's state and is judged by the account processor.
 
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal, get_args
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from schemas.common import Contract, Id, UtcDatetime
+from schemas.common import BoundedDate, Contract, Id, UtcDatetime
 from schemas.money import NanoUsd, PositiveNanoUsd
 
 
@@ -64,7 +63,9 @@ class Actor(Contract):
 class OrgCreatedData(Contract):
     plan: Plan
     billing_mode: BillingMode
-    term_start: date
+    # The contract's start; an org created later than a year after it joins in the term
+    # that holds its creation (billing.accounts: earlier terms were billed elsewhere).
+    term_start: BoundedDate
     seats: dict[SeatType, Annotated[int, Field(strict=True, ge=0, le=MAX_SEATS)]]
     extra_usage: bool = False
     notification_thresholds: Annotated[
@@ -85,6 +86,9 @@ class OrgCreatedData(Contract):
 
 
 class MemberData(Contract):
+    """`member.added` / `member.removed`: the member as added (or as the caller last knew
+    them, for a removal); `member.updated`: the member's new role and seat type."""
+
     user_id: Id
     role: Role
     seat_type: SeatType
@@ -106,7 +110,7 @@ class SpendCapSetData(Contract):
 
 
 class ContractRenewedData(Contract):
-    term_start: date
+    term_start: BoundedDate
 
 
 class NoData(Contract):
@@ -132,6 +136,14 @@ class MemberAdded(_Envelope):
 
 class MemberRemoved(_Envelope):
     type: Literal["member.removed"]
+    data: MemberData
+
+
+class MemberUpdated(_Envelope):
+    """A member's new role and/or seat type. Making someone `primary_owner` transfers
+    the primary ownership: the previous primary owner becomes an `owner`."""
+
+    type: Literal["member.updated"]
     data: MemberData
 
 
@@ -169,6 +181,7 @@ AccountEvent = Annotated[
     OrgCreated
     | MemberAdded
     | MemberRemoved
+    | MemberUpdated
     | SeatsAdded
     | SeatsRemoved
     | CreditsPurchased

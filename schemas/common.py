@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from pydantic import (
@@ -14,6 +14,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
 )
+from pydantic_core import PydanticCustomError
 
 # Ids become Redis keys (`{org_id}` hash tags), Kafka keys and ClickHouse values, so they
 # are short and from a safe alphabet: no braces, spaces, slashes or control characters.
@@ -34,8 +35,32 @@ def format_timestamp(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# Every date and timestamp from outside lies in [2000-01-01, 2100-01-01): far wider than
+# any real contract or event, and inside what every store accepts — ClickHouse `Date`
+# ends in 2149 and `DateTime64` in 2299, and a term that starts on 2099-12-31 still ends
+# before both; Python's `date` would overflow a term starting in year 9999.
+EARLIEST_DATE = date(2000, 1, 1)
+LATEST_DATE = date(2099, 12, 31)
+
+
+def _in_range(day: date) -> None:
+    if not EARLIEST_DATE <= day <= LATEST_DATE:
+        raise PydanticCustomError(
+            "date_out_of_range",
+            "{value} is outside the accepted range {earliest} – {latest}",
+            {"value": day.isoformat(), "earliest": str(EARLIEST_DATE), "latest": str(LATEST_DATE)},
+        )
+
+
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    utc = value.astimezone(UTC)
+    _in_range(utc.date())
+    return utc
+
+
+def _bounded_date(value: date) -> date:
+    _in_range(value)
+    return value
 
 
 UtcDatetime = Annotated[
@@ -43,7 +68,10 @@ UtcDatetime = Annotated[
     AfterValidator(_to_utc),
     PlainSerializer(format_timestamp, return_type=str),
 ]
-"""A timestamp that must carry a zone on the wire and is held in UTC."""
+"""A timestamp that must carry a zone on the wire and is held in UTC (2000–2099)."""
+
+BoundedDate = Annotated[date, AfterValidator(_bounded_date)]
+"""A calendar date from outside (a contract's term start), 2000-01-01 – 2099-12-31."""
 
 
 class Contract(BaseModel):

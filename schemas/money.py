@@ -96,3 +96,35 @@ StrictNanoUsd = Annotated[
 """Money in a body that arrives as already-decoded JSON (HTTP requests): always a
 decimal string, never a number — a JSON 5 must not become five nano-dollars."""
 PositiveStrictNanoUsd = Annotated[StrictNanoUsd, AfterValidator(_positive)]
+
+
+_SIGNED_MONEY_RE = re.compile(r"^-?(0|[1-9][0-9]*)(\.[0-9]{1,9})?$")
+
+
+def _amount_out(value: object, info: ValidationInfo) -> int:
+    if info.mode == "python" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and _SIGNED_MONEY_RE.fullmatch(value):
+        return int(Decimal(value) * NANOS_PER_USD)
+    raise PydanticCustomError(
+        "invalid_money",
+        'money must be a decimal string such as "-12.50", got {got}',
+        {"got": type(value).__name__},
+    )
+
+
+UsdAmount = Annotated[
+    int,
+    BeforeValidator(_amount_out),
+    PlainSerializer(format_usd, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _SIGNED_MONEY_RE.pattern,
+            "description": "USD, exact to the nano-dollar (up to 9 decimals); may be negative",
+        }
+    ),
+]
+"""Money the pipeline writes (notifications, the usage API): an `int` of nano-dollars in
+Python, an exact decimal string of USD on the wire — never a JSON number, which
+JavaScript clients round above 2^53 (about $9M in nano-dollars)."""

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Literal
 
 from schemas.common import Contract, Id
+from schemas.money import UsdAmount
 from schemas.usage import UsageEvent
 
 
@@ -50,7 +51,8 @@ class NotificationKind(StrEnum):
 
 class Notification(Contract):
     """`billing.notifications.v1`. `notification_id` is deterministic: a consumer that
-    sees one twice (a replay after a crash) can drop the second (R17)."""
+    sees one twice (a replay after a crash) can drop the second (R17). Money is an exact
+    decimal string of USD (`"12.345"`), as everywhere on the wire."""
 
     notification_id: str
     kind: NotificationKind
@@ -59,6 +61,6 @@ class Notification(Contract):
     month: str | None  # YYYY-MM; None for the credit balance, which is not monthly
     threshold: str | None = None  # fraction of the cap, e.g. "0.8"
     reason: str | None = None  # for stopped/resumed: the block reason
-    spend_nano_usd: int | None = None
-    cap_nano_usd: int | None = None
-    balance_nano_usd: int | None = None  # for balance_low; `threshold` holds the level
+    spend: UsdAmount | None = None  # the subject's billed spend this month
+    cap: UsdAmount | None = None  # the cap the threshold is a fraction of
+    balance: UsdAmount | None = None  # for balance_low; `threshold` holds the level

@@ -42,6 +42,7 @@ class Reason(StrEnum):
     UNKNOWN_SURFACE = "unknown_surface"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     INVALID_MONEY = "invalid_money"
+    DATE_OUT_OF_RANGE = "date_out_of_range"  # a date or timestamp outside 2000–2099
     # Decided with more than the event in hand:
     UNKNOWN_MODEL = "unknown_model"  # the price book has no rate in force (billing.pricing)
     UNKNOWN_ORG = "unknown_org"  # no org.created seen yet (usage processor)
@@ -67,6 +68,7 @@ _TYPE_REASONS = {
     "extra_forbidden": Reason.UNKNOWN_FIELD,
     "timezone_aware": Reason.NAIVE_TIMESTAMP,
     "invalid_money": Reason.INVALID_MONEY,
+    "date_out_of_range": Reason.DATE_OUT_OF_RANGE,
     "union_tag_invalid": Reason.UNKNOWN_EVENT_TYPE,
     "string_pattern_mismatch": Reason.INVALID_ID,
     "string_too_long": Reason.INVALID_ID,

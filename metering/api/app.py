@@ -31,7 +31,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Qu
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
-from billing.accounts import MONEY_ROLES, Rejected, apply_account_event
+from billing.accounts import MONEY_ROLES, Rejected, apply_account_event, is_legacy, renewal_date
 from billing.pricing import PriceBook
 from metering.api.instrumentation import RequestMetrics, metrics
 from metering.api.models import (
@@ -41,8 +41,10 @@ from metering.api.models import (
     CreditPurchase,
     Invalid,
     MemberRow,
+    OrgContract,
     Problem,
     SeatChange,
+    SeatHolding,
     UsageResponse,
 )
 from metering.api.tokens import Caller, InvalidToken, load_secret, verify
@@ -268,7 +270,7 @@ async def append(
     except InvalidEvent as exc:
         raise HTTPException(422, f"{exc.reason.value}: {exc.detail}") from None
     state = decode_account(await svc.redis.get(keys.account))
-    outcome = apply_account_event(state, event)
+    outcome = apply_account_event(state, event, svc.book)
     if isinstance(outcome, Rejected):
         raise HTTPException(409, {"reason": outcome.reason.value, "message": outcome.detail})
     if remembered is not None:
@@ -321,6 +323,34 @@ async def authorization(
     reason = decision.reason.value if decision.reason else None
     GATE_DECISIONS.labels("true" if decision.allowed else "false", reason or "none").inc()
     return Authorization(allowed=decision.allowed, reason=reason)
+
+
+@router.get("/v1/orgs/{org_id}", response_model=OrgContract)
+async def org_contract(org_id: OrgId, svc: Svc, who: Who) -> OrgContract:
+    """Plan, billing mode, the current term and its renewal, seats by type: purchased, in
+    use and pending removal (owners and the primary owner)."""
+    await owner(svc, who, org_id)
+    state = decode_account(await svc.redis.get(OrgKeys(svc.prefix, org_id).account))
+    if state is None:
+        raise HTTPException(404, f"unknown org {org_id}")
+    return OrgContract(
+        org_id=org_id,
+        plan=state.plan.value,
+        billing_mode=state.billing_mode.value,
+        term_start=state.term_start,
+        renews_on=renewal_date(state).isoformat(),
+        seats=[
+            SeatHolding(
+                seat_type=seat.value,
+                purchased=state.seats.get(seat, 0),
+                in_use=state.members_holding(seat),
+                pending_removal=state.pending_seat_removals.get(seat, 0),
+                at_renewal=state.seats_kept(seat),
+            )
+            for seat in sorted(set(state.seats) | {m.seat for m in state.members.values()})
+        ],
+        migrates_at_renewal=is_legacy(state),
+    )
 
 
 @router.get("/v1/orgs/{org_id}/usage", response_model=UsageResponse)
@@ -401,8 +431,9 @@ async def add_seats(
 async def remove_seats(
     org_id: OrgId, body: SeatChange, svc: Svc, who: Who, *, key: IdempotencyKey = None
 ) -> Appended:
-    """Self-serve orgs may not remove seats mid-term (R5: 409); sales-assisted removals
-    take effect at renewal."""
+    """Seats removed take effect at the renewal (R5: no mid-term change or refund), for
+    self-serve and sales-assisted orgs; 409 when it would leave fewer seats than the
+    members holding them."""
     role = await owner(svc, who, org_id)
     data = {"seat_type": body.seat_type.value, "quantity": body.quantity}
     return await append(
@@ -447,18 +478,15 @@ def usage_response(view: OrgUsage) -> UsageResponse:
         plan=view.plan,
         billing_mode=view.billing_mode,
         spend=format_usd(view.spend_nano_usd),
-        spend_nano_usd=view.spend_nano_usd,
         cap=_usd(view.cap_nano_usd),
         status="cap_reached" if view.cap_reached else "active",
         credit_balance=_usd(view.credit_balance_nano_usd),
-        credit_balance_nano_usd=view.credit_balance_nano_usd,
         members=[
             MemberRow(
                 user_id=m.user_id,
                 role=m.role,
                 seat_type=m.seat_type,
                 spend=format_usd(m.spend_nano_usd),
-                spend_nano_usd=m.spend_nano_usd,
                 cap=_usd(m.cap_nano_usd),
                 effective_limit=_usd(m.effective_limit_nano_usd),
                 status=None if m.allowed is None else "active" if m.allowed else "blocked",

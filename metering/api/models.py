@@ -55,8 +55,7 @@ class MemberRow(Contract):
     user_id: str
     role: str | None = Field(description="null: spent this month but is not a member")
     seat_type: str | None
-    spend: str = Field(description="billed month-to-date spend, USD")
-    spend_nano_usd: int
+    spend: str = Field(description="billed month-to-date spend, USD (exact, ≤ 9 decimals)")
     cap: str | None = Field(description="USD; null: unlimited")
     effective_limit: str | None = Field(description="lower of the member's and the org's cap")
     status: Literal["active", "blocked"] | None = Field(description="now; null for a closed month")
@@ -68,13 +67,36 @@ class UsageResponse(Contract):
     month: str
     plan: str
     billing_mode: str
-    spend: str
-    spend_nano_usd: int
+    spend: str = Field(description="billed month-to-date spend, USD (exact, ≤ 9 decimals)")
     cap: str | None
     status: Literal["active", "cap_reached"]
-    credit_balance: str | None = Field(description="self-serve only; may be negative (R11)")
-    credit_balance_nano_usd: int | None
+    credit_balance: str | None = Field(
+        description="USD, exact; self-serve only; may be negative (R11)"
+    )
     members: list[MemberRow]
+
+
+class SeatHolding(Contract):
+    seat_type: str
+    purchased: int = Field(description="seats paid for in the current term")
+    in_use: int = Field(description="members holding this seat type")
+    pending_removal: int = Field(description="removed from the next term on (R5)")
+    at_renewal: int = Field(description="seats the next term starts with, before migration")
+
+
+class OrgContract(Contract):
+    """The org's plan, term and seats (Organization settings › Organization)."""
+
+    org_id: str
+    plan: str
+    billing_mode: str
+    term_start: str
+    renews_on: str = Field(description="the next term starts (and is invoiced) on this day")
+    seats: list[SeatHolding]
+    migrates_at_renewal: bool = Field(
+        description="a legacy plan or seat type: at the renewal every member moves to an "
+        "enterprise seat and the plan becomes usage_based (R7)"
+    )
 
 
 class Problem(Contract):

@@ -89,7 +89,7 @@ class MemberLine:
 
 
 def member_line(row: MemberRow) -> MemberLine:
-    share = percent(row.spend_nano_usd, row.effective_limit)
+    share = percent(parse_usd(row.spend), row.effective_limit)
     if row.status is None:
         status = "—"  # a closed month: status is about now
     elif row.status == "blocked":
@@ -250,7 +250,7 @@ async def usage_page(
     role = await role_of(svc, org_id, who.user_id)
     current = month_of(svc.clock())
     chart_, note = await daily(svc, org_id, view.month)
-    share = percent(view.spend_nano_usd, view.cap)
+    share = percent(parse_usd(view.spend), view.cap)
     response = html(
         200,
         view=view,
@@ -259,7 +259,7 @@ async def usage_page(
         everyone=role in MONEY_ROLES,
         members=[member_line(m) for m in view.members],
         balance=None if view.credit_balance is None else usd(view.credit_balance),
-        negative=(view.credit_balance_nano_usd or 0) < 0,
+        negative=(view.credit_balance or "").startswith("-"),
         spend=usd(view.spend),
         cap=None if view.cap is None else usd(view.cap),
         share=share,

@@ -134,4 +134,4 @@ async def load_usage(
 
 
 def _allowance(book: PriceBook, seat: SeatType, now: datetime) -> int:
-    return book.seat_price(seat, now.date()).monthly_usage_allowance
+    return book.usage_allowance(seat, now.date())

@@ -56,5 +56,6 @@ def rebuild(
         report = asyncio.run(run_rebuild(settings, tick))
     console.print(
         f"replayed {report.account_events:,} account events, {report.priced_events:,} priced "
-        f"events ({report.usage_applied:,} applied), {report.notifications:,} notifications"
+        f"events ({report.usage_applied:,} applied), "
+        f"{report.notification_marks:,} notification marks"
     )

@@ -54,7 +54,6 @@ from metering.metrics import (
     SINK_ROWS_INSERTED,
 )
 from metering.settings import Settings
-from schemas.documents import DocumentOrigin
 from schemas.validation import Reason
 
 log = logging.getLogger("metering.sink")
@@ -225,10 +224,6 @@ class ClickHouseSink:
                 row = self._ledger.apply(record)
                 if row is not None:
                     rows.accounts.append(row)
-                rows.documents += [
-                    IssuedDocument(document, DocumentOrigin.ACCOUNT_EVENT)
-                    for document in self._ledger.take_seat_invoices()
-                ]
             else:
                 try:
                     rows.documents.append(IssuedDocument.from_record(record.value or b""))

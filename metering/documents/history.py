@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from billing.accounts import OrgAccount, Rejected, apply_account_event
+from billing.accounts import OrgAccount, Rejected, next_state
 from billing.documents import Purchase, midnight
 from metering.clickhouse.rows import event_from_row
 from metering.clickhouse.store import Store
@@ -76,7 +76,7 @@ class OrgHistory:
         for logged in self.events:
             if not logged.stored_before(watermarks) or not _in_effect(logged.event, moment):
                 continue
-            outcome = apply_account_event(state, logged.event)
+            outcome = next_state(state, logged.event)
             if not isinstance(outcome, Rejected):  # out of log order it may not apply
                 state = outcome
         if state is None or state.plan is not Plan.SEAT_BASED:

@@ -64,14 +64,17 @@ class IssuedDocument:
             list(self.account_watermarks),
         )
 
-    def message(self, topic: str) -> OutputMessage:
-        record = IssuedDocumentRecord(
+    def record(self) -> str:
+        """Its value on `billing.documents.v1`."""
+        return IssuedDocumentRecord(
             document=self.document,
             origin=self.origin,
             usage_watermarks=self.usage_watermarks,
             account_watermarks=self.account_watermarks,
-        )
-        return OutputMessage(topic, self.document.org_id, record.model_dump_json().encode())
+        ).model_dump_json()
+
+    def message(self, topic: str) -> OutputMessage:
+        return OutputMessage(topic, self.document.org_id, self.record().encode())
 
     @classmethod
     def from_record(cls, value: bytes) -> IssuedDocument:

@@ -1,13 +1,16 @@
 """Account batches: fold each org's account events into its state and store it with the
-source offset, atomically (G2); refused events are dead-lettered with their reason.
+source offset, atomically (G2); refused events are dead-lettered with their reason, and
+the seat invoices accepted ones issue are published to `billing.documents.v1`.
 
 A replay of an already-applied batch (after a crash between the Redis write and the
 offset commit) is recognised by the stored offset and changes nothing; its outputs are
-re-derived from the outcome recorded per event_id.
+re-derived from what was recorded per event_id: the outcome, and the invoices as they
+were published.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,12 +18,13 @@ from datetime import date
 from time import perf_counter
 from typing import Any
 
-from billing.accounts import OrgAccount, Rejected, apply_account_event
+from billing.accounts import OrgAccount, Rejected, apply_account_event, renewal_date
 from billing.notifications import SpendSnapshot, UserSpend, due_stops_and_resumes, due_thresholds
+from metering.documents.records import IssuedDocument
 from metering.enforcement.base import BatchProcessor
-from metering.enforcement.keys import OrgKeys
+from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix, term_ends_key
 from metering.enforcement.notify import BatchResult, publish_due
-from metering.enforcement.records import SourceRecord, digest, month_of
+from metering.enforcement.records import OutputMessage, SourceRecord, digest, month_of
 from metering.enforcement.state_codec import (
     cap_fields,
     decode_account,
@@ -30,6 +34,7 @@ from metering.enforcement.state_codec import (
 )
 from metering.metrics import REDIS_APPLY_ACCOUNTS, REDIS_LOAD_ACCOUNTS, REDIS_READ_SPEND
 from schemas.account import AccountEvent, CreditsPurchased
+from schemas.documents import DocumentOrigin
 from schemas.validation import InvalidEvent, Reason, parse_account_event
 
 ACCEPTED = "ok"
@@ -39,6 +44,23 @@ ACCEPTED = "ok"
 class _Parsed:
     record: SourceRecord
     event: AccountEvent
+
+
+@dataclass
+class _OrgBatch:
+    """What one org's events of one partition are folded against, and what they add."""
+
+    state: OrgAccount | None
+    stored_offset: int
+    marks: dict[str, str]  # event_id → recorded outcome, for the batch's event ids
+    invoices: dict[str, str]  # event_id → JSON list of its published invoice records
+    new_marks: dict[str, str]
+    new_invoices: dict[str, str]
+    balance_delta: int = 0
+
+
+def _present(ids: list[str], values: list[bytes | None]) -> dict[str, str]:
+    return {i: v.decode() for i, v in zip(ids, values, strict=True) if v is not None}
 
 
 def _flat(fields: dict[str, str]) -> list[str]:
@@ -67,7 +89,9 @@ class AccountProcessor(BatchProcessor):
             keys = OrgKeys(self._prefix, org_id)
             load.get(keys.account)
             load.hget(keys.offsets, f"account:{partition}")
-            load.hmget(keys.account_ids, [p.event.event_id for p in parsed])
+            ids = [p.event.event_id for p in parsed]
+            load.hmget(keys.account_ids, ids)
+            load.hmget(keys.seat_invoices, ids)
         started = perf_counter()
         loaded = await load.execute()
         REDIS_LOAD_ACCOUNTS.observe(perf_counter() - started)
@@ -75,36 +99,33 @@ class AccountProcessor(BatchProcessor):
         write = self._redis.pipeline(transaction=False)
         changed: dict[str, tuple[OrgAccount, SourceRecord]] = {}
         for index, ((org_id, partition), parsed) in enumerate(ordered):
-            raw_state, raw_offset, raw_marks = loaded[3 * index : 3 * index + 3]
-            state = decode_account(raw_state)
-            stored_offset = int(raw_offset) if raw_offset is not None else -1
-            marks = {
-                p.event.event_id: m.decode()
-                for p, m in zip(parsed, raw_marks, strict=True)
-                if m is not None
-            }
-            new_marks: dict[str, str] = {}
-            balance_delta = 0
+            raw_state, raw_offset, raw_marks, raw_invoices = loaded[4 * index : 4 * index + 4]
+            ids = [p.event.event_id for p in parsed]
+            org = _OrgBatch(
+                state=decode_account(raw_state),
+                stored_offset=int(raw_offset) if raw_offset is not None else -1,
+                marks=_present(ids, raw_marks),
+                invoices=_present(ids, raw_invoices),
+                new_marks={},
+                new_invoices={},
+            )
             for item in parsed:
-                state, delta = self._fold_one(
-                    item,
-                    state=state,
-                    stored_offset=stored_offset,
-                    marks=marks,
-                    new_marks=new_marks,
-                    result=result,
-                )
-                balance_delta += delta
+                self._fold_one(item, org, result)
             last_offset = parsed[-1].record.offset
-            if last_offset > stored_offset and state is not None:
+            state = org.state
+            if last_offset > org.stored_offset and state is not None:
                 args: list[Any] = [
                     partition,
                     last_offset,
                     encode_account(state).decode(),
-                    balance_delta,
+                    org.balance_delta,
                 ]
                 args += _flat(meta_fields(state)) + _flat(member_fields(state))
-                args += _flat(cap_fields(state)) + _flat(new_marks)
+                args += _flat(cap_fields(state)) + _flat(org.new_marks)
+                args += _flat(org.new_invoices)
+                # The renewal timer's index, before the state it indexes: whenever a state
+                # is stored its term end is indexed, even if the process dies in between.
+                write.zadd(term_ends_key(self._prefix), {org_id: renewal_date(state).toordinal()})
                 await self._scripts.apply_account(
                     keys=[OrgKeys(self._prefix, org_id).base], args=args, client=write
                 )
@@ -115,21 +136,13 @@ class AccountProcessor(BatchProcessor):
         await self._reevaluate(changed, result)
         return result
 
-    def _fold_one(
-        self,
-        item: _Parsed,
-        *,
-        state: OrgAccount | None,
-        stored_offset: int,
-        marks: dict[str, str],
-        new_marks: dict[str, str],
-        result: BatchResult,
-    ) -> tuple[OrgAccount | None, int]:
-        """Apply one event; returns the new state and the credit it adds to the balance."""
+    def _fold_one(self, item: _Parsed, org: _OrgBatch, result: BatchResult) -> None:
+        """Apply one event to `org`: its state, its balance credit, its recorded outcome
+        and invoices, and the outputs it calls for (dead letter, seat invoices)."""
         event, record = item.event, item.record
         fingerprint = digest(event)
         position = f"{record.partition}|{record.offset}"
-        previous = new_marks.get(event.event_id) or marks.get(event.event_id)
+        previous = org.new_marks.get(event.event_id) or org.marks.get(event.event_id)
         if previous is not None:
             p_digest, p_partition, p_offset, recorded = previous.split("|", 3)
             if p_digest != fingerprint:
@@ -140,27 +153,50 @@ class AccountProcessor(BatchProcessor):
                     "this event_id was applied with another payload",
                     event.event_id,
                 )
-            elif f"{p_partition}|{p_offset}" == position and recorded != ACCEPTED:
+            elif f"{p_partition}|{p_offset}" != position:
+                result.duplicates += record.offset > org.stored_offset
+            elif recorded != ACCEPTED:
                 reason, _, detail = recorded.partition(":")
                 self._reject(result, record, reason, detail, event.event_id)  # replayed refusal
-            else:
-                result.duplicates += record.offset > stored_offset
-            return state, 0
-        if record.offset <= stored_offset:
+            else:  # replayed acceptance: its invoices go out again, exactly as first sent
+                result.outputs += self._invoice_messages(
+                    event.org_id, org.invoices.get(event.event_id)
+                )
+                result.duplicates += record.offset > org.stored_offset
+            return
+        if record.offset <= org.stored_offset:
             # Applied before, but its mark is missing: cannot happen, since the mark is
             # written in the same script as the state. Refuse loudly rather than guess.
             raise RuntimeError(f"account event {event.event_id} at {position} has no outcome mark")
-        outcome = apply_account_event(state, event)
+        outcome = apply_account_event(org.state, event, self._book)
         if isinstance(outcome, Rejected):
             self._reject(result, record, outcome.reason.value, outcome.detail, event.event_id)
-            new_marks[event.event_id] = (
+            org.new_marks[event.event_id] = (
                 f"{fingerprint}|{position}|{outcome.reason.value}:{outcome.detail}"
             )
-            return state, 0
-        new_marks[event.event_id] = f"{fingerprint}|{position}|{ACCEPTED}"
+            return
+        org.new_marks[event.event_id] = f"{fingerprint}|{position}|{ACCEPTED}"
+        if outcome.invoices:
+            recorded = json.dumps(
+                [
+                    IssuedDocument(document, DocumentOrigin.ACCOUNT_EVENT).record()
+                    for document in outcome.invoices
+                ]
+            )
+            org.new_invoices[event.event_id] = recorded
+            result.outputs += self._invoice_messages(event.org_id, recorded)
         result.accepted += 1
-        credit = event.data.amount if isinstance(event, CreditsPurchased) else 0
-        return outcome, credit
+        if isinstance(event, CreditsPurchased):
+            org.balance_delta += event.data.amount
+        org.state = outcome.state
+
+    def _invoice_messages(self, org_id: str, recorded: str | None) -> list[OutputMessage]:
+        if recorded is None:
+            return []
+        return [
+            OutputMessage(self._topics.documents, org_id, value.encode())
+            for value in json.loads(recorded)
+        ]
 
     async def _reevaluate(
         self, changed: dict[str, tuple[OrgAccount, SourceRecord]], result: BatchResult
@@ -189,11 +225,10 @@ class AccountProcessor(BatchProcessor):
                 snapshot, {s.decode() for s in stopped}, usage_driven=False
             )
             thresholds = due_thresholds(snapshot, {n.decode() for n in notified})
-            publish_due(
-                self._topics, org_id, thresholds, ("sadd", keys.notified(months[org_id])), result
-            )
-            publish_due(self._topics, org_id, stops, ("sadd", keys.stopped), result)
-            publish_due(self._topics, org_id, resumes, ("srem", keys.stopped), result)
+            notified = notified_suffix(months[org_id])
+            publish_due(self._topics, org_id, thresholds, result, op="sadd", suffix=notified)
+            publish_due(self._topics, org_id, stops, result, op="sadd", suffix=STOPPED)
+            publish_due(self._topics, org_id, resumes, result, op="srem", suffix=STOPPED)
 
     def _snapshot(
         self, state: OrgAccount, month: str, spend_hash: dict[bytes, bytes], balance: bytes | None
@@ -206,7 +241,7 @@ class AccountProcessor(BatchProcessor):
                 spend_nano_usd=spend.get(f"u:{user_id}", 0),
                 cap_nano_usd=state.user_caps_nano_usd.get(user_id),
                 allowance_used_nano_usd=spend.get(f"a:{user_id}", 0),
-                allowance_nano_usd=self._book.seat_price(member.seat, day).monthly_usage_allowance,
+                allowance_nano_usd=self._book.usage_allowance(member.seat, day),
             )
         return SpendSnapshot(
             org_id=state.org_id,

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The sets of notification marks (R17) live under these suffixes of an org's key base:
+# the notifications topic and the marks topic name them the same way.
+STOPPED = "stopped"
+
+
+def notified_suffix(period: str) -> str:
+    """The set of notification marks of one period (a month, or "-" for the balance)."""
+    return f"notified:{period}"
+
 
 @dataclass(frozen=True)
 class OrgKeys:
@@ -50,6 +59,12 @@ class OrgKeys:
         """Hash: account event_id → "digest|partition|offset|outcome"."""
         return f"{self.base}:account_ids"
 
+    @property
+    def seat_invoices(self) -> str:
+        """Hash: account event_id → JSON list of the `billing.documents.v1` values of the
+        seat invoices it issued (re-published as they were when its batch is replayed)."""
+        return f"{self.base}:seat_invoices"
+
     def idempotent_request(self, event_id: str) -> str:
         """String: JSON of the account event an API write with an Idempotency-Key sent
         first (expires after 7 days; a cache, not state: `metering rebuild` skips it)."""
@@ -57,8 +72,12 @@ class OrgKeys:
 
     @property
     def stopped(self) -> str:
-        """Set of "month|reason|subject" stop conditions already notified."""
-        return f"{self.base}:stopped"
+        """Set of "month|reason|subject|cycle" stop conditions notified, not yet resumed."""
+        return self.marks(STOPPED)
+
+    def marks(self, suffix: str) -> str:
+        """A set of notification marks: `STOPPED` or `notified_suffix(period)`."""
+        return f"{self.base}:{suffix}"
 
     def spend(self, month: str) -> str:
         """Hash for one UTC month: org → billed; u:<user> → billed; a:<user> → allowance
@@ -74,10 +93,17 @@ class OrgKeys:
 
     def notified(self, month: str) -> str:
         """Set of "subject|threshold" notified this month (R17)."""
-        return f"{self.base}:notified:{month}"
+        return self.marks(notified_suffix(month))
 
 
 def orgs_with_stops_key(prefix: str) -> str:
     """Set of org ids that ever had a stop recorded: the new-month job looks only at
     these. Not org-scoped (it lists orgs), so it lives outside any org's hash slot."""
     return f"{prefix}metering:orgs_with_stops"
+
+
+def term_ends_key(prefix: str) -> str:
+    """Sorted set: org id scored by the day (proleptic ordinal) its current term ends —
+    the renewal timer's index of contracts due to renew. Not org-scoped, like the one
+    above; a hint only: the timer checks each org's own state before renewing it."""
+    return f"{prefix}metering:term_ends"

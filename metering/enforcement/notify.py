@@ -1,19 +1,51 @@
-"""Batch results, and the publish-then-record protocol of notifications (R17)."""
+"""Batch results, and the publish-then-record protocol of notifications (R17).
+
+A notification is published together with its *mark* on the compacted topic
+`billing.notification_marks.v1` (a set member added, or a tombstone when it is removed);
+only once the broker has both is the mark recorded in Redis. So a crash in between
+re-publishes the same notification id and never loses one, and `metering rebuild`
+restores every mark from the marks topic for as long as it matters — whatever the
+notifications topic's own retention has dropped.
+"""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from time import perf_counter
+from typing import Literal
 
 from redis.asyncio import Redis
 
 from billing.notifications import Due, resumes_for_past_months
-from metering.enforcement.keys import OrgKeys, orgs_with_stops_key
+from metering.enforcement.keys import STOPPED, OrgKeys, orgs_with_stops_key
 from metering.enforcement.records import OutputMessage
 from metering.metrics import REDIS_RECORD_MARKS
 from metering.topics import TopicNames
 from schemas.validation import encode_event
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A member added to (`sadd`) or removed from (`srem`) one of an org's mark sets."""
+
+    op: Literal["sadd", "srem"]
+    org_id: str
+    suffix: str  # keys.STOPPED or keys.notified_suffix(period)
+    member: str
+
+    def message(self, topics: TopicNames) -> OutputMessage:
+        """Its record on the compacted marks topic: keyed by (org, set, member), so
+        compaction keeps the latest state of each mark; a removal is a tombstone."""
+        key = json.dumps([self.org_id, self.suffix, self.member], separators=(",", ":"))
+        value = None if self.op == "srem" else b"1"
+        return OutputMessage(topics.notification_marks, key, value)
+
+    @classmethod
+    def from_record(cls, key: bytes, value: bytes | None) -> Mark:
+        org_id, suffix, member = json.loads(key)
+        return cls("srem" if value is None else "sadd", org_id, suffix, member)
 
 
 @dataclass
@@ -21,7 +53,7 @@ class BatchResult:
     """What to publish, and what to record in Redis once it is published."""
 
     outputs: list[OutputMessage] = field(default_factory=list)
-    marks: list[tuple[str, str, str]] = field(default_factory=list)  # (op, key, member)
+    marks: list[Mark] = field(default_factory=list)
     # Counts for the metrics: records accepted (usage: priced, a replay of an applied one
     # included; account: applied), records already applied with the same event_id
     # (not in `accepted`), records dead-lettered by reason, notifications by (kind,
@@ -33,20 +65,24 @@ class BatchResult:
 
 
 def publish_due(
-    topics: TopicNames, org_id: str, due: list[Due], record: tuple[str, str], result: BatchResult
+    topics: TopicNames,
+    org_id: str,
+    due: list[Due],
+    result: BatchResult,
+    *,
+    op: Literal["sadd", "srem"],
+    suffix: str,
 ) -> None:
-    """Queue due notifications for publishing and their marks for recording after."""
-    op, key = record
+    """Queue due notifications and their marks for publishing, and the marks for
+    recording in Redis after."""
     for item in due:
+        mark = Mark(op, org_id, suffix, item.mark)
         result.outputs.append(
             OutputMessage(topics.notifications, org_id, encode_event(item.notification))
         )
-        result.marks.append((op, key, item.mark))
+        result.outputs.append(mark.message(topics))
+        result.marks.append(mark)
         result.notified[(item.notification.kind.value, item.notification.reason or "")] += 1
-    if due and op == "sadd" and key.endswith(":stopped"):
-        # Index the org for the new-month job (never removed: bounded by the org count).
-        prefix = key[: key.index("{")]
-        result.marks.append(("sadd", orgs_with_stops_key(prefix), org_id))
 
 
 async def resume_past_months(
@@ -64,20 +100,29 @@ async def resume_past_months(
     for org_id, stopped in zip(orgs, await pipe.execute(), strict=True):
         marks = {m.decode() if isinstance(m, bytes) else m for m in stopped}
         due = resumes_for_past_months(org_id, marks, month)
-        publish_due(topics, org_id, due, ("srem", OrgKeys(prefix, org_id).stopped), result)
+        publish_due(topics, org_id, due, result, op="srem", suffix=STOPPED)
     return result
 
 
-async def record_marks(client: Redis, marks: list[tuple[str, str, str]]) -> None:
+def queue_marks(pipe: Redis, prefix: str, marks: list[Mark]) -> None:
+    """The Redis commands that record `marks` (on a pipeline)."""
+    for mark in marks:
+        key = OrgKeys(prefix, mark.org_id).marks(mark.suffix)
+        if mark.op == "sadd":
+            pipe.sadd(key, mark.member)
+            if mark.suffix == STOPPED:
+                # Index the org for the new-month job (never removed: bounded by orgs).
+                pipe.sadd(orgs_with_stops_key(prefix), mark.org_id)
+        else:
+            pipe.srem(key, mark.member)
+
+
+async def record_marks(client: Redis, prefix: str, marks: list[Mark]) -> None:
     """After the notifications are published: remember them, so none is sent twice."""
     if not marks:
         return
     pipe = client.pipeline(transaction=False)
-    for op, key, member in marks:
-        if op == "sadd":
-            pipe.sadd(key, member)
-        else:
-            pipe.srem(key, member)
+    queue_marks(pipe, prefix, marks)
     started = perf_counter()
     await pipe.execute()
     REDIS_RECORD_MARKS.observe(perf_counter() - started)

@@ -3,8 +3,9 @@
 1. account.events.v1 from the beginning, through the same fold the worker uses;
 2. usage.priced.v1: the usage decisions as they were made live (cost and the
    included/billed split), re-applied by `restore_usage.lua`;
-3. billing.notifications.v1: the marks of notifications already sent, so none is sent
-   again.
+3. billing.notification_marks.v1 (compacted: kept for as long as a mark matters, unlike
+   the notifications themselves): the marks of notifications already sent, so none is
+   sent again.
 Every step is idempotent (offsets, event_ids, marks), so a rebuild over existing state,
 or a second rebuild, changes nothing. Stop the workers first: a worker writing at the
 same time is safe for counters but may race the notification marks.
@@ -12,7 +13,6 @@ same time is safe for counters but may race the notification marks.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -20,15 +20,14 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from redis.asyncio import Redis
 
-from billing.notifications import CREDITS_PERIOD
 from metering.enforcement.account_processor import AccountProcessor
-from metering.enforcement.keys import OrgKeys, orgs_with_stops_key
+from metering.enforcement.keys import OrgKeys
+from metering.enforcement.notify import Mark, queue_marks
 from metering.enforcement.records import SourceRecord, digest, month_of
 from metering.enforcement.scripts import Scripts
 from metering.settings import Settings
 from metering.topics import admin_client
-from schemas.money import parse_usd
-from schemas.outputs import Notification, NotificationKind, PricedUsage
+from schemas.outputs import PricedUsage
 
 BATCH = 5000
 Progress = Callable[[str, int], None]
@@ -39,7 +38,7 @@ class RebuildReport:
     account_events: int = 0
     priced_events: int = 0
     usage_applied: int = 0
-    notifications: int = 0
+    notification_marks: int = 0
 
 
 def read_topic(bootstrap: str, topic: str) -> Iterator[list[SourceRecord]]:
@@ -86,21 +85,6 @@ def read_topic(bootstrap: str, topic: str) -> Iterator[list[SourceRecord]]:
         consumer.close()
 
 
-def notification_mark(notification: Notification) -> tuple[str, str, str] | None:
-    """The (op, key-suffix, member) the processor recorded when it published this."""
-    if notification.kind is NotificationKind.BALANCE_LOW:
-        level = parse_usd(notification.threshold or "0")
-        cycle = notification.notification_id.rsplit(":", 1)[1]
-        return "sadd", f"notified:{CREDITS_PERIOD}", f"balance|{level}|{cycle}"
-    if notification.kind is NotificationKind.THRESHOLD_REACHED:
-        subject = "org" if notification.user_id is None else f"u:{notification.user_id}"
-        return "sadd", f"notified:{notification.month}", f"{subject}|{notification.threshold}"
-    mark = notification.notification_id.removeprefix(
-        f"{notification.org_id}:{notification.kind.value}:"
-    )
-    return ("sadd" if notification.kind is NotificationKind.STOPPED else "srem"), "stopped", mark
-
-
 async def rebuild(settings: Settings, progress: Progress | None = None) -> RebuildReport:
     report = RebuildReport()
     client = Redis.from_url(settings.redis_url)
@@ -138,23 +122,12 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
             report.priced_events += len(batch)
             tick("priced usage", len(batch))
 
-        for batch in read_topic(settings.kafka_bootstrap, topics.notifications):
+        for batch in read_topic(settings.kafka_bootstrap, topics.notification_marks):
             pipe = client.pipeline(transaction=False)
-            for record in batch:
-                notification = Notification.model_validate(json.loads(record.value or b"{}"))
-                mark = notification_mark(notification)
-                if mark is not None:
-                    op, suffix, member = mark
-                    key = f"{OrgKeys(prefix, notification.org_id).base}:{suffix}"
-                    if op == "sadd":
-                        pipe.sadd(key, member)
-                        if suffix == "stopped":
-                            pipe.sadd(orgs_with_stops_key(prefix), notification.org_id)
-                    else:
-                        pipe.srem(key, member)
+            queue_marks(pipe, prefix, [Mark.from_record(r.key or b"", r.value) for r in batch])
             await pipe.execute()
-            report.notifications += len(batch)
-            tick("notifications", len(batch))
+            report.notification_marks += len(batch)
+            tick("notification marks", len(batch))
     finally:
         await client.aclose()
     return report

@@ -34,7 +34,7 @@ class SourceRecord:
 class OutputMessage:
     topic: str
     key: str
-    value: bytes
+    value: bytes | None  # None: a tombstone (the compacted marks topic)
 
 
 def digest(event: BaseModel) -> str:

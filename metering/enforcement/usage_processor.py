@@ -28,7 +28,7 @@ from billing.notifications import (
 )
 from billing.pricing import PriceBook, UnknownModel, price_usage
 from metering.enforcement.base import BatchProcessor
-from metering.enforcement.keys import OrgKeys
+from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix
 from metering.enforcement.notify import BatchResult, publish_due
 from metering.enforcement.records import (
     OutputMessage,
@@ -58,10 +58,7 @@ class _Valid:
 
 
 def _allowance_spec(book: PriceBook, day: date) -> str:
-    prices = [
-        (seat, book.seat_price(seat, day).monthly_usage_allowance)
-        for seat in LEGACY_ALLOWANCE_SEATS
-    ]
+    prices = [(seat, book.usage_allowance(seat, day)) for seat in LEGACY_ALLOWANCE_SEATS]
     return ",".join(f"{seat.value}={amount}" for seat, amount in prices)
 
 
@@ -213,9 +210,7 @@ class UsageProcessor(BatchProcessor):
         allowance = self._member_allowances.get(key)
         if allowance is None:
             member: Member | None = decode_member(raw_member or None)
-            allowance = (
-                self._book.seat_price(member.seat, day).monthly_usage_allowance if member else 0
-            )
+            allowance = self._book.usage_allowance(member.seat, day) if member else 0
             self._member_allowances[key] = allowance
         return allowance
 
@@ -229,7 +224,6 @@ class UsageProcessor(BatchProcessor):
         self, org_id: str, events: list[_Valid], state: dict[str, Any], result: BatchResult
     ) -> None:
         meta = state["meta"]
-        keys = OrgKeys(self._prefix, org_id)
         recorded_stops = _as_set(state["stopped"])
         for month, numbers in sorted(state["months"].items()):
             day = date.fromisoformat(f"{month}-01")
@@ -258,9 +252,10 @@ class UsageProcessor(BatchProcessor):
             stopped, resumed = due_stops_and_resumes(
                 snapshot, recorded_stops, evaluated_scopes(snapshot)
             )
-            publish_due(self._topics, org_id, thresholds, ("sadd", keys.notified(month)), result)
-            publish_due(self._topics, org_id, stopped, ("sadd", keys.stopped), result)
-            publish_due(self._topics, org_id, resumed, ("srem", keys.stopped), result)
+            notified = notified_suffix(month)
+            publish_due(self._topics, org_id, thresholds, result, op="sadd", suffix=notified)
+            publish_due(self._topics, org_id, stopped, result, op="sadd", suffix=STOPPED)
+            publish_due(self._topics, org_id, resumed, result, op="srem", suffix=STOPPED)
             recorded_stops |= {d.mark for d in stopped}
             recorded_stops -= {d.mark for d in resumed}
         if meta["billing_mode"] == BillingMode.SELF_SERVE.value:
@@ -271,4 +266,11 @@ class UsageProcessor(BatchProcessor):
                 self._balance_levels,
                 _as_set(state["balance_notified"]),
             )
-            publish_due(self._topics, org_id, low, ("sadd", keys.notified(CREDITS_PERIOD)), result)
+            publish_due(
+                self._topics,
+                org_id,
+                low,
+                result,
+                op="sadd",
+                suffix=notified_suffix(CREDITS_PERIOD),
+            )

@@ -14,10 +14,14 @@ their periods and their numbering are derived here from the rules:
   the sum of its rounded lines; a statement adds up on paper.
 - R3: at a usage-based term's start, `seats × monthly fee × 12`.
 - R4: seats added mid-term, `quantity × monthly fee × remaining_months`. Here a month is
-  counted day by day: every remaining day of the term is worth 1 / (days in its month),
-  which is exactly the SPEC's formula for a term that starts on the 1st.
-- R5: a self-serve removal is refused; a sales-assisted one waits for renewal, never a
-  credit.
+  counted day by day: every remaining day of the term is worth 1 / (days in its term
+  month), a term month running from the term's day of the month to the same day of the
+  next (the month's last day when it has no such day) — exactly the SPEC's formula for a
+  term that starts on the 1st, and 12 months for any whole term.
+- R5 (as amended by the project): a removal, self-serve or sales-assisted, waits for the
+  renewal, never a credit; refused when it would leave fewer seats than members on them.
+- Members fit the seats: a member joins (or moves to) a seat type only while the seats
+  kept of that type (held minus pending removals) exceed the members on it.
 - R6 (docs/decisions.md): legacy seat-based seats pay by the month; seats arriving
   mid-month pay `quantity × fee × days left (counting the day) / days in the month`; the
   month's 001 is the batch's monthly invoice, so these start at 002.
@@ -25,8 +29,10 @@ their periods and their numbering are derived here from the rules:
   (`plan.migration_requested`) invoices its enterprise seats for the rest of the term,
   and a removal still pending takes effect at the renewal as before (migration loses
   nothing).
-- docs/decisions.md: without a renewal, a term rolls over on its anniversary; an
-  annual invoice is issued at the later of its event and the term's start.
+- docs/decisions.md: a term renews by itself on its anniversary (pending removals then
+  apply and legacy orgs migrate, as at any renewal); an org created more than a year
+  after its contract began joins in the term that holds its creation; an annual invoice
+  is issued at the later of its event and the term's start.
 """
 
 from __future__ import annotations
@@ -134,12 +140,24 @@ def term_containing(explicit_start: date, day: date) -> date:
     return start
 
 
-def months_left(start: date, end: date) -> Fraction:
-    """R4's remaining_months, one day at a time: each day is 1/(days in its month)."""
+def term_month_starts(term: date) -> list[date]:
+    """The first day of each of the term's 12 months, and the term's end."""
+    starts = []
+    for k in range(12):
+        year, month = term.year + (term.month - 1 + k) // 12, (term.month - 1 + k) % 12 + 1
+        starts.append(date(year, month, min(term.day, calendar.monthrange(year, month)[1])))
+    return [*starts, term_end(term)]
+
+
+def months_left(term: date, since: date) -> Fraction:
+    """R4's remaining_months, one day at a time: each day from `since` to the term's end
+    is worth 1/(days in the term month it falls in)."""
+    bounds = term_month_starts(term)
     months = Fraction(0)
-    day = start
-    while day < end:
-        months += Fraction(1, days_in_month(day))
+    day = since
+    while day < bounds[-1]:
+        k = max(i for i in range(12) if bounds[i] <= day)
+        months += Fraction(1, (bounds[k + 1] - bounds[k]).days)
         day += timedelta(days=1)
     return months
 
@@ -331,18 +349,45 @@ def seat_document(
 
 @dataclass
 class ReferenceSeatBiller:
-    """One org's account, tracked from raw event dicts, and the seat invoices it owes."""
+    """One org's account, tracked from raw event dicts, and the seat invoices it owes.
+    Its contract renews by itself: before each event (and on `roll_to`), every
+    anniversary that has come renews the term."""
 
     org_id: str | None = None
     plan: str = ""
     self_serve: bool = False
-    term_start: date = date.min  # the explicit term (from creation or the last renewal)
+    term_start: date = date.min
     seats: dict[str, int] = field(default_factory=dict)
     pending_removals: dict[str, int] = field(default_factory=dict)
+    members: dict[str, str] = field(default_factory=dict)  # user → seat type
     last_sequence: dict[str, int] = field(default_factory=dict)
+    # Seats invoiced per term: an explicit renewal may come after seats were already
+    # added to (and invoiced for) the term it starts.
+    invoiced: dict[date, dict[str, int]] = field(default_factory=dict)
 
-    def apply(self, event: Mapping[str, Any]) -> tuple[bool, list[Doc]]:  # noqa: PLR0911
-        """(accepted?, the seat invoices the event creates)."""
+    def apply(self, event: Mapping[str, Any]) -> tuple[bool, list[Doc]]:
+        """(accepted?, the seat invoices the anniversaries before it and the event
+        create)."""
+        at: datetime = event["occurred_at"]
+        renewals = self.roll_to(at.date()) if self.org_id is not None else []
+        accepted, documents = self._apply(event)
+        return accepted, renewals + documents
+
+    def roll_to(self, day: date) -> list[Doc]:
+        """Renew the term at every anniversary up to `day` (inclusive)."""
+        documents: list[Doc] = []
+        while term_end(self.term_start) <= day:
+            start = term_end(self.term_start)
+            documents += self._renew(start, midnight(start))
+        return documents
+
+    def _kept(self, seat: str) -> int:
+        return self.seats.get(seat, 0) - self.pending_removals.get(seat, 0)
+
+    def _taken(self, seat: str) -> int:
+        return sum(1 for held in self.members.values() if held == seat)
+
+    def _apply(self, event: Mapping[str, Any]) -> tuple[bool, list[Doc]]:  # noqa: PLR0911, PLR0912
         kind, data = event["type"], event.get("data", {})
         at: datetime = event["occurred_at"]
         if kind == "org.created":
@@ -351,6 +396,21 @@ class ReferenceSeatBiller:
             return True, self._create(event["org_id"], data, at)
         if self.org_id is None:
             return False, []
+        if kind in {"member.added", "member.updated"}:
+            user, seat = str(data["user_id"]), str(data["seat_type"])
+            if (kind == "member.added") == (user in self.members):
+                return False, []
+            if seat not in PLAN_SEATS[self.plan]:
+                return False, []
+            if self.members.get(user) != seat and self._taken(seat) >= self._kept(seat):
+                return False, []
+            self.members[user] = seat
+            return True, []
+        if kind == "member.removed":
+            if str(data["user_id"]) not in self.members:
+                return False, []
+            del self.members[str(data["user_id"])]
+            return True, []
         if kind == "seats.added":
             seat, quantity = str(data["seat_type"]), int(data["quantity"])
             if seat not in PLAN_SEATS[self.plan]:
@@ -359,8 +419,7 @@ class ReferenceSeatBiller:
             return True, self._arrived({seat: quantity}, at, "added")
         if kind == "seats.removed":
             seat, quantity = str(data["seat_type"]), int(data["quantity"])
-            held = self.seats.get(seat, 0) - self.pending_removals.get(seat, 0)
-            if seat not in PLAN_SEATS[self.plan] or self.self_serve or quantity > held:
+            if seat not in PLAN_SEATS[self.plan] or quantity > self._kept(seat) - self._taken(seat):
                 return False, []
             self.pending_removals[seat] = self.pending_removals.get(seat, 0) + quantity
             return True, []  # R5: never a credit; it takes effect at renewal
@@ -380,7 +439,8 @@ class ReferenceSeatBiller:
         self.org_id = org_id
         self.plan = str(data["plan"])
         self.self_serve = str(data["billing_mode"]) == "self_serve"
-        self.term_start = _as_date(data["term_start"])
+        # A contract older than a year joins here in the term that holds the creation.
+        self.term_start = term_containing(_as_date(data["term_start"]), at.date())
         self.seats = {str(seat): int(n) for seat, n in data["seats"].items() if int(n) > 0}
         if self.plan == "seat_based":
             return self._arrived(dict(self.seats), at, "added")
@@ -392,15 +452,13 @@ class ReferenceSeatBiller:
         self.plan = "usage_based"
         self.seats = {"enterprise": total} if total else {}
         self.pending_removals = {"enterprise": pending} if pending else {}
+        self.members = dict.fromkeys(self.members, "enterprise")
 
     def _renew(self, new_start: date, at: datetime) -> list[Doc]:
-        kept = {
-            seat: n - self.pending_removals.get(seat, 0)
-            for seat, n in self.seats.items()
-            if n - self.pending_removals.get(seat, 0) > 0
-        }
+        kept = {seat: self._kept(seat) for seat in self.seats if self._kept(seat) > 0}
         self.seats, self.pending_removals, self.term_start = kept, {}, new_start
-        if self.plan == "seat_based" or any(seat != "enterprise" for seat in self.seats):
+        legacy = set(self.seats) | set(self.members.values())
+        if self.plan == "seat_based" or any(seat != "enterprise" for seat in legacy):
             self._migrate()  # R7
         return self._annual(at)
 
@@ -411,6 +469,8 @@ class ReferenceSeatBiller:
 
     def _annual(self, at: datetime) -> list[Doc]:
         start = self.term_start
+        paid = self.invoiced.setdefault(start, {})
+        due = {seat: n - paid.get(seat, 0) for seat, n in sorted(self.seats.items())}
         rows = [
             line(
                 f"{seat} seats, {n} × 12 months",
@@ -419,10 +479,13 @@ class ReferenceSeatBiller:
                 None,
                 None,
             )
-            for seat, n in sorted(self.seats.items())
+            for seat, n in due.items()
+            if n > 0
         ]
         if not rows:
             return []
+        for seat, n in due.items():
+            paid[seat] = paid.get(seat, 0) + max(n, 0)
         assert self.org_id is not None
         period = start.isoformat()
         issued = max(at, midnight(start))
@@ -463,8 +526,11 @@ class ReferenceSeatBiller:
                 )
             ]
         term = term_containing(self.term_start, day)
+        paid = self.invoiced.setdefault(term, {})
+        for seat, n in seats.items():
+            paid[seat] = paid.get(seat, 0) + n
         since = max(day, term)
-        months = months_left(since, term_end(term))
+        months = months_left(term, since)
         rows = [
             line(
                 f"{n} {seat} seats {why} {since.isoformat()}, {four_places(months)} months "

@@ -27,4 +27,4 @@ def test_falling_below_is_strict() -> None:
     """Exactly at a level is not below it; one nano under is."""
     assert due_balance_levels("org", 10 * USD, 1, LEVELS, set()) == []
     [due] = due_balance_levels("org", 10 * USD - 1, 1, LEVELS, set())
-    assert due.notification.balance_nano_usd == 10 * USD - 1
+    assert due.notification.balance == 10 * USD - 1

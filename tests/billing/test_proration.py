@@ -40,6 +40,19 @@ def test_term_edges() -> None:
         remaining_months(date(2026, 1, 1), date(2027, 1, 1))
 
 
+def test_a_whole_term_is_twelve_months_whatever_day_it_starts() -> None:
+    """R4 on a term that does not start on the 1st: counting days against calendar
+    months, a term starting 2028-02-20 (29 days in that February, 28 in the next) came
+    to 12 + 1/35 months, so a seat added on its first day was billed for more than the
+    year. Term months (the 20th to the 20th) make it exactly 12, and the SPEC's own
+    formula is unchanged for terms on the 1st (test_the_spec_examples)."""
+    assert remaining_months(date(2028, 2, 20), date(2028, 2, 20)) == 12
+    assert remaining_months(date(2027, 1, 31), date(2027, 1, 31)) == 12
+    assert remaining_months(date(2028, 2, 29), date(2028, 2, 29)) == 12
+    # Mid-way through the term month Feb 20 – Mar 20 (29 days): 11 + 14/29 left.
+    assert remaining_months(date(2028, 2, 20), date(2028, 3, 6)) == 11 + Fraction(14, 29)
+
+
 days = st.integers(min_value=0, max_value=364)
 starts = st.dates(min_value=date(2024, 1, 1), max_value=date(2030, 12, 1)).map(
     lambda d: d.replace(day=min(d.day, 28))
@@ -53,6 +66,7 @@ def test_remaining_months_shrink_day_by_day_within_one_term(start: date, offset:
         return
     months = remaining_months(start, day)
     assert 0 < months <= 12
+    assert (months == 12) == (day == start)
     following = day + timedelta(days=1)
     if following < term_end(start):
         assert remaining_months(start, following) < months

@@ -8,10 +8,9 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from billing.accounts import AccountRejection, OrgAccount, Rejected, apply_account_event
+from billing.accounts import OrgAccount, Rejected, apply_account_event, renewals_due
 from billing.monthly import MonthInputs, month_documents
 from billing.pricing import PriceBook, default_price_book_text
-from billing.seat_invoices import SeatInvoicer
 from schemas.account import ACCOUNT_EVENT_ADAPTER, AccountEvent, BillingMode, Plan, SeatType
 from schemas.documents import Document
 
@@ -58,22 +57,34 @@ def seats(kind: str, at: datetime, seat_type: str, quantity: int) -> AccountEven
 
 
 class Ledger:
-    """The sink's loop in miniature: fold each event, invoice each accepted one."""
+    """The account processor's fold in miniature: each event's seat invoices, and with
+    `renew`, first those of the renewals the renewal timer appends by the event's day."""
 
     def __init__(self) -> None:
         self.state: OrgAccount | None = None
-        self.invoicer = SeatInvoicer(BOOK)
 
-    def apply(self, item: AccountEvent) -> list[Document] | Rejected:
-        result = apply_account_event(self.state, item)
+    def _fold(self, item: AccountEvent) -> list[Document] | Rejected:
+        result = apply_account_event(self.state, item, BOOK)
         if isinstance(result, Rejected):
             return result
-        documents = self.invoicer.on_accepted(self.state, item, result)
-        self.state = result
+        self.state = result.state
+        return list(result.invoices)
+
+    def renew_until(self, day: date) -> list[Document]:
+        documents: list[Document] = []
+        for renewal in renewals_due(self.state, day) if self.state else []:
+            renewed = self._fold(renewal)
+            assert not isinstance(renewed, Rejected), renewed
+            documents += renewed
         return documents
 
-    def accept(self, item: AccountEvent) -> list[Document]:
-        result = self.apply(item)
+    def apply(self, item: AccountEvent, *, renew: bool = False) -> list[Document] | Rejected:
+        renewals = self.renew_until(item.occurred_at.date()) if renew else []
+        result = self._fold(item)
+        return result if isinstance(result, Rejected) else renewals + result
+
+    def accept(self, item: AccountEvent, *, renew: bool = False) -> list[Document]:
+        result = self.apply(item, renew=renew)
         assert not isinstance(result, Rejected), result
         return result
 
@@ -116,21 +127,45 @@ def test_the_spec_r4_example_seats_added_on_the_first_and_mid_month() -> None:
     assert ledger.state is not None and ledger.state.seats == {SeatType.ENTERPRISE: 70}
 
 
-def test_a_self_serve_removal_mid_term_is_refused_and_invoices_nothing() -> None:
-    """R5: the fold refuses it with a clear reason, nothing changes, and the invoice
-    numbering goes on as if it never happened."""
+def test_a_self_serve_removal_waits_for_the_renewal_and_the_next_term_bills_fewer() -> None:
+    """R5 as amended: a self-serve org may reduce seats; mid-term the removal is pending
+    (no refund, no document, the seats stay usable), the invoice numbering goes on, and
+    the renewal on the anniversary bills the seats kept: 50 − 5 + 1 = 46 × 40 × 12."""
     ledger = Ledger()
     ledger.accept(created(at(2026, 1, 1), mode="self_serve"))
-    before = ledger.state
-    refused = ledger.apply(seats("seats.removed", at(2026, 6, 10), "enterprise", 5))
-    assert isinstance(refused, Rejected)
-    assert refused.reason is AccountRejection.SEAT_REMOVAL_REFUSED
-    assert "self-serve" in refused.detail and "cannot remove seats" in refused.detail
-    assert ledger.state is before
+    assert ledger.accept(seats("seats.removed", at(2026, 6, 10), "enterprise", 5)) == []
     assert ledger.state is not None and ledger.state.seats == {SeatType.ENTERPRISE: 50}
+    assert ledger.state.pending_seat_removals == {SeatType.ENTERPRISE: 5}
     [next_one] = ledger.accept(seats("seats.added", at(2026, 7, 1), "enterprise", 1))
     assert next_one.document_id == f"{ORG}.seat_invoice.2026-01-01.002"
     assert next_one.total == "240.00"  # 1 × 40 × 6
+    [renewal] = ledger.renew_until(date(2027, 1, 1))
+    assert renewal.document_id == f"{ORG}.seat_invoice.2027-01-01.001"
+    assert rows(renewal) == [("enterprise seats, 46 × 12 months", "46", "22080.00")]
+    assert ledger.state.seats == {SeatType.ENTERPRISE: 46}
+    assert ledger.state.pending_seat_removals == {}
+
+
+def test_every_seat_is_paid_for_every_term_without_any_renewal_event() -> None:
+    """R3 + R4 across terms (the issue's case): created 2026-01-01 with 10 seats, nothing
+    else until one seat is added on 2027-03-01. The term renews by itself on 2027-01-01:
+    the org pays 10 × 40 × 12 for 2026, again for 2027, and 1 × 40 × 10 for the seat of
+    March — and 11 × 40 × 12 on 2028-01-01."""
+    ledger = Ledger()
+    [first] = ledger.accept(created(at(2026, 1, 1), seats={"enterprise": 10}), renew=True)
+    renewal, added = ledger.accept(
+        seats("seats.added", at(2027, 3, 1, 10), "enterprise", 1), renew=True
+    )
+    assert [(d.document_id, d.total) for d in (first, renewal, added)] == [
+        (f"{ORG}.seat_invoice.2026-01-01.001", "4800.00"),
+        (f"{ORG}.seat_invoice.2027-01-01.001", "4800.00"),
+        (f"{ORG}.seat_invoice.2027-01-01.002", "400.00"),
+    ]
+    assert renewal.issued_at == at(2027, 1, 1)
+    assert rows(renewal) == [("enterprise seats, 10 × 12 months", "10", "4800.00")]
+    [third] = ledger.renew_until(date(2028, 1, 1))
+    assert (third.document_id, third.total) == (f"{ORG}.seat_invoice.2028-01-01.001", "5280.00")
+    assert ledger.renew_until(date(2028, 12, 31)) == []  # nothing more before 2029
 
 
 def test_a_sales_assisted_removal_yields_no_credit_and_takes_effect_at_renewal() -> None:
@@ -239,8 +274,7 @@ def test_a_renewal_recorded_after_the_anniversary_does_not_bill_seats_twice() ->
     anniversary (docs/decisions.md); 5 seats added Jan 10 2027 are invoiced at once for
     the rest of the 2027 term. When sales records the renewal of that same term
     (term_start 2027-01-01) on Jan 15, its invoices for the 2027 term must not charge
-    those 5 seats again: over the term the org holds at most 15 seats, so it pays at
-    most 15 × 40 × 12 = 7 200.00."""
+    those 5 seats again: it pays 2 341.94 for the 5 and 10 × 40 × 12 for the others."""
     ledger = Ledger()
     ledger.accept(created(at(2026, 1, 1), seats={"enterprise": 10}))
     [added] = ledger.accept(seats("seats.added", at(2027, 1, 10), "enterprise", 5))
@@ -249,7 +283,11 @@ def test_a_renewal_recorded_after_the_anniversary_does_not_bill_seats_twice() ->
     renewal = ledger.accept(
         event("contract.renewed", at(2027, 1, 15), {"term_start": "2027-01-01"})
     )
-    term_2027 = [added, *renewal]
-    assert all(d.document_id.startswith(f"{ORG}.seat_invoice.2027-01-01.") for d in term_2027)
-    paid = sum(Decimal(d.total) for d in term_2027)
-    assert paid <= Decimal("7200.00"), [(d.document_id, d.total) for d in term_2027]
+    assert [(d.document_id, rows(d)) for d in renewal] == [
+        (
+            f"{ORG}.seat_invoice.2027-01-01.002",
+            [("enterprise seats, 10 × 12 months", "10", "4800.00")],
+        )
+    ]
+    paid = sum(Decimal(d.total) for d in [added, *renewal])
+    assert paid == Decimal("7141.94")

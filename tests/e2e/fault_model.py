@@ -40,7 +40,9 @@ SEAT_SURFACES = {
     "standard": CHAT,
     "premium": CHAT | {"claude_code"},
 }
-SEAT_KINDS = frozenset({"org.created", "seats.added", "seats.removed"})
+# What the seat invoices depend on: seats, and the members holding them (a removal may
+# not leave members without a seat).
+SEAT_KINDS = frozenset({"org.created", "seats.added", "seats.removed", "member.added"})
 
 # ("threshold_reached", org, user, month, threshold) · ("stopped"|"resumed", org, user,
 # month, reason, cycle) · ("balance_low", org, level in nano-USD, cycle)
@@ -140,16 +142,29 @@ class Model:
         actor = event["actor"]
         permitted = actor is None or org.members.get(actor["user_id"], ("", ""))[1] in MONEY_ROLES
         seats_of_plan = PLAN_SEATS[org.spec.plan]
+        if not permitted:
+            return "not_permitted"
+
+        def kept(seat: str) -> int:
+            return org.seats.get(seat, 0) - org.pending_removals.get(seat, 0)
+
+        def taken(seat: str) -> int:
+            return sum(1 for held, _role in org.members.values() if held == seat)
+
         if kind == "member.added":
             if data["user_id"] in org.members:
                 return "member_already_exists"
+            if data["role"] == "primary_owner" and any(
+                role == "primary_owner" for _seat, role in org.members.values()
+            ):
+                return "primary_owner_protected"
             if data["seat_type"] not in seats_of_plan:
                 return "seat_type_not_in_plan"
+            if taken(data["seat_type"]) >= kept(data["seat_type"]):
+                return "no_seat_available"  # members fit the seats
             org.members[data["user_id"]] = (data["seat_type"], data["role"])
             self.ref.orgs[org_id].seats[data["user_id"]] = data["seat_type"]
             return "ok"
-        if not permitted:
-            return "not_permitted"
         if kind in {"seats.added", "seats.removed"}:
             seat, quantity = data["seat_type"], data["quantity"]
             if seat not in seats_of_plan:
@@ -158,9 +173,8 @@ class Model:
                 org.seats[seat] = org.seats.get(seat, 0) + quantity
                 self.seat_changes[org_id].append((at, self.cycle, seat, quantity))
                 return "ok"
-            held = org.seats.get(seat, 0) - org.pending_removals.get(seat, 0)
-            if org.spec.self_serve or quantity > held:
-                return "seat_removal_refused"  # R5
+            if quantity > kept(seat) - taken(seat):
+                return "seat_removal_refused"  # R5: never below the members holding them
             org.pending_removals[seat] = org.pending_removals.get(seat, 0) + quantity
             return "ok"
         if kind == "credits.purchased":

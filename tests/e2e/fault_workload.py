@@ -497,12 +497,17 @@ class _Builder:
             data = {"seat_type": seat, "quantity": rng.randint(1, 5)}
             accounts.append(self.account(org.org_id, "seats.added", data, at))
         for org in rng.sample(self.orgs, 6):
+            # Members fit the seats: a joiner gets a seat bought for them first.
             seat = rng.choice(org.seat_types)
+            more = {"seat_type": seat, "quantity": 1}
+            accounts.append(self.account(org.org_id, "seats.added", more, at))
             data = {"user_id": "joiner", "role": "member", "seat_type": seat}
             accounts.append(self.account(org.org_id, "member.added", data, at, actor=None))
             self.members[org.org_id]["joiner"] = (seat, "member")
         for org in [o for o in self.orgs if not o.self_serve][:2]:
-            data = {"seat_type": org.members["owner"][0], "quantity": 1}  # at renewal (R5)
+            # A spare seat, then its removal: pending until the renewal (R5).
+            data = {"seat_type": org.members["owner"][0], "quantity": 1}
+            accounts.append(self.account(org.org_id, "seats.added", data, at))
             accounts.append(self.account(org.org_id, "seats.removed", data, at))
         return Phase(
             "controls",

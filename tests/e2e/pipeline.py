@@ -117,7 +117,12 @@ class Pipeline:
                 }
             )
             self._consumer.subscribe(
-                [self.topics.usage_priced, self.topics.usage_deadletter, self.topics.notifications]
+                [
+                    self.topics.usage_priced,
+                    self.topics.usage_deadletter,
+                    self.topics.notifications,
+                    self.topics.documents,
+                ]
             )
         return self._consumer
 
@@ -178,6 +183,11 @@ class Pipeline:
 
     def notifications(self) -> list[Any]:
         return self.outputs(self.topics.notifications)
+
+    def documents(self) -> dict[str, Any]:
+        """The documents published so far (seat invoices, monthly documents), by id."""
+        records = self.outputs(self.topics.documents)
+        return {r["document"]["document_id"]: r["document"] for r in records}
 
     def gate(
         self, org_id: str, user_id: str, surface: str = "chat_web", at: datetime | None = None

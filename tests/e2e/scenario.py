@@ -37,9 +37,11 @@ def new_org(
     extra_usage: bool = False,
     credits: str | None = "100.00",
     at: datetime | None = None,
+    spare_seats: int = 0,
 ) -> list[dict[str, Any]]:
-    """org.created, the primary owner plus `members`, and (self-serve) a credit purchase;
-    all at `at` (default: a minute ago), the term starting on the first of its month."""
+    """org.created with a seat for the primary owner and each of `members` (plus
+    `spare_seats`), the members, and (self-serve) a credit purchase; all at `at`
+    (default: a minute ago), the term starting on the first of its month."""
     day = (at or datetime.now(UTC)).date()
     events = [
         account(
@@ -49,7 +51,7 @@ def new_org(
                 "plan": plan,
                 "billing_mode": mode,
                 "term_start": day.replace(day=1).isoformat(),
-                "seats": {seat: len(members) + 1},
+                "seats": {seat: len(members) + 1 + spare_seats},
                 "extra_usage": extra_usage,
             },
             actor=None,

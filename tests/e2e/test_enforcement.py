@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from schemas.validation import InvalidEvent, Reason, parse_account_event
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import OWNER, account, new_org, spend, usage
 from tests.helpers import run_metering
@@ -75,8 +76,11 @@ def test_credits_exhausted_then_a_purchase_resumes(pipeline: Pipeline) -> None:
         emit.emit_account(
             account(org, "credits.purchased", {"purchase_id": "pay-2", "amount": "1.00"})
         )
-    # The 2.00 deficit is settled from the purchase: still below zero, still stopped.
-    pipeline.wait_for(lambda p: True, timeout_s=1)
+    # The 2.00 deficit is settled from the purchase: once it is applied (its offset
+    # committed), the balance is still below zero, and both are still stopped.
+    pipeline.wait_caught_up()
+    assert pipeline.gate(org, "u1") == "credits_exhausted"
+    assert pipeline.gate(org, "u2") == "credits_exhausted"
     with pipeline.emitter() as emit:
         emit.emit_account(
             account(org, "credits.purchased", {"purchase_id": "pay-3", "amount": "5.00"})
@@ -150,8 +154,8 @@ def test_surface_and_seat_allowance(pipeline: Pipeline) -> None:
 
 
 def test_refused_account_changes_are_dead_lettered_and_change_nothing(pipeline: Pipeline) -> None:
-    """A member setting a cap (R14) and a self-serve seat removal (R5) are refused with a
-    reason; the member is not capped."""
+    """A member setting a cap (R14) and a seat removal that would leave a member without
+    a seat (R5) are refused with a reason; the member is not capped."""
     org = "org_refuse"
     pipeline.start_worker()
     member_claiming_owner = {"user_id": "u2", "role": "owner"}
@@ -236,3 +240,60 @@ def test_usage_before_its_org_is_dead_lettered_and_redriven(pipeline: Pipeline) 
     balance = client.get(f"{pipeline.settings.redis_prefix}{{{org}}}:balance")
     assert balance is not None and int(balance) == 8 * 10**9  # 10.00 − 2.00, once
     client.close()
+
+
+def test_usage_billing_cannot_be_switched_off(pipeline: Pipeline) -> None:
+    """R13: nothing turns usage billing off. The contract has no field or event for it
+    (refused `unknown_field` / `unknown_event_type`), and under every plan and billing
+    mode, with every cap explicitly unlimited, each accepted event is billed: its whole
+    cost on usage-based plans, everything beyond the seat's allowance on seat-based ones
+    (with extra usage on)."""
+    now = datetime.now(UTC)
+    for raw, reason in (
+        (
+            {
+                **account("org_x", "org.created", {"plan": "usage_based"}, actor=None),
+                "data": {
+                    "plan": "usage_based",
+                    "billing_mode": "self_serve",
+                    "term_start": "2026-01-01",
+                    "seats": {},
+                    "usage_billing": False,
+                },
+            },
+            Reason.UNKNOWN_FIELD,
+        ),
+        (account("org_x", "usage_billing.disabled", {}), Reason.UNKNOWN_EVENT_TYPE),
+    ):
+        with pytest.raises(InvalidEvent) as refused:
+            parse_account_event(raw, now=now)
+        assert refused.value.reason is reason
+
+    orgs = {
+        "org_r13_ss": new_org("org_r13_ss", credits="1000.00"),
+        "org_r13_sa": new_org("org_r13_sa", mode="sales_assisted", credits=None),
+        "org_r13_seat": new_org(
+            "org_r13_seat", "seat_based", "sales_assisted", "standard", extra_usage=True
+        ),
+    }
+    unlimited = [
+        account(org, "spend_cap.set", {"user_id": user, "limit": None})
+        for org in orgs
+        for user in (None, "u1")
+    ]
+    pipeline.start_worker()
+    pipeline.send_accounts(*[e for events in orgs.values() for e in events], *unlimited)
+    for org in orgs:
+        pipeline.wait_for_gate(org, "u1", None)
+    # 30.00 each: beyond the standard seat's 25.00 allowance by 5.00
+    pipeline.send_usage(*(spend(org, "u1", 30) for org in orgs))
+    pipeline.wait_for(lambda p: len(p.priced()) == len(orgs))
+    billed = {
+        e["event"]["org_id"]: (e["cost_nano_usd"], e["billed_nano_usd"]) for e in pipeline.priced()
+    }
+    usd = 10**9
+    assert billed == {
+        "org_r13_ss": (30 * usd, 30 * usd),
+        "org_r13_sa": (30 * usd, 30 * usd),
+        "org_r13_seat": (30 * usd, 5 * usd),
+    }

@@ -25,6 +25,8 @@ def snapshot(client: redis.Redis, prefix: str) -> dict[str, Any]:
             state[key] = client.hgetall(key)
         elif kind == "set":
             state[key] = sorted(client.smembers(key))
+        elif kind == "zset":
+            state[key] = client.zrange(key, 0, -1, withscores=True)
         else:
             state[key] = client.get(key)
     return state

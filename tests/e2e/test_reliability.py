@@ -112,7 +112,11 @@ class Run:
         self.scenario = build_scenario(seed)
         self.model = Model(self.scenario.orgs)
         self.victims = random.Random(seed + 1)  # which worker a kill picks
-        settings = stack.settings.model_copy(update={"api_secret": SECRET})
+        # The workload's dates are fixed (2026); the renewal timer judges by the wall
+        # clock and would renew its contracts once their anniversaries have passed.
+        settings = stack.settings.model_copy(
+            update={"api_secret": SECRET, "renewal_check_seconds": 0}
+        )
         self.pipeline: Pipeline = new_pipeline(settings, tmp)
         self.workers = Workers(self.pipeline)
         topics = self.pipeline.topics

@@ -331,7 +331,7 @@ def test_worker_lag_is_high_watermark_minus_position_on_assigned_partitions() ->
     usage, account = "usage.events.v1", "account.events.v1"
     consumer = _Consumer({TP(usage, 0): 120, TP(usage, 1): 50, TP(usage, 2): 7, TP(account, 0): 9})
     stream = SimpleNamespace(app=SimpleNamespace(consumer=consumer))
-    pipeline = BatchPipeline(stream, processor=None, publisher=None, client=None)  # type: ignore[arg-type]
+    pipeline = BatchPipeline(stream, processor=None, publisher=None, client=None, prefix="")  # type: ignore[arg-type]
     pipeline._next_offsets.update(
         {TP(usage, 0): 100, TP(usage, 1): 50, TP(usage, 3): 0, TP(account, 0): 4}
     )

@@ -31,8 +31,18 @@ def test_past_monthly_stops_resume_once_credit_stops_stay(
         async_client = AsyncRedis.from_url(stack.settings.redis_url)
         try:
             result = await resume_past_months(async_client, prefix, TopicNames(), "2026-11")
-            await record_marks(async_client, result.marks)
-            return [o.value.decode() for o in result.outputs]
+            await record_marks(async_client, prefix, result.marks)
+            topics = TopicNames()
+            marks = [o for o in result.outputs if o.topic == topics.notification_marks]
+            # each resume removes its mark from the compacted marks topic: a tombstone
+            assert [(o.key, o.value) for o in marks] == [
+                (f'["org_nm","stopped","{october}"]', None)
+            ] * len(marks)
+            return [
+                o.value.decode()
+                for o in result.outputs
+                if o.topic == topics.notifications and o.value is not None
+            ]
         finally:
             await async_client.aclose()
 

@@ -28,6 +28,7 @@ SPEC_TYPES = {
     "org.created",
     "member.added",
     "member.removed",
+    "member.updated",  # added by the project: role and seat changes, primary-owner transfer
     "seats.added",
     "seats.removed",
     "credits.purchased",
@@ -84,6 +85,11 @@ VALID_EXAMPLES: dict[str, list[dict[str, Any]]] = {
     ],
     "member.removed": [
         account_event("member.removed", {"user_id": "u_42", "role": "admin", "seat_type": "chat"})
+    ],
+    "member.updated": [
+        account_event(
+            "member.updated", {"user_id": "u_42", "role": "owner", "seat_type": "enterprise"}
+        )
     ],
     "seats.added": [account_event("seats.added", {"seat_type": "enterprise", "quantity": 10})],
     "seats.removed": [account_event("seats.removed", {"seat_type": "premium", "quantity": 1})],
@@ -406,6 +412,25 @@ BAD_EVENTS = [
         Reason.FUTURE_EVENT,
         "occurred_at",
         id="future-event",
+    ),
+    # Dates every store can hold (ClickHouse Date ends in 2149): 2000-01-01 – 2099-12-31.
+    pytest.param(
+        account_event("org.created", {**ORG, "term_start": "9999-12-31"}),
+        Reason.DATE_OUT_OF_RANGE,
+        "data.term_start",
+        id="term-start-year-9999",
+    ),
+    pytest.param(
+        account_event("contract.renewed", {"term_start": "1999-12-31"}),
+        Reason.DATE_OUT_OF_RANGE,
+        "data.term_start",
+        id="renewal-before-2000",
+    ),
+    pytest.param(
+        account_event("org.created", ORG, occurred_at="1970-01-01T00:00:00Z"),
+        Reason.DATE_OUT_OF_RANGE,
+        "occurred_at",
+        id="occurred-at-1970",
     ),
 ]
 

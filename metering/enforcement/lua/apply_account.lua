@@ -3,8 +3,9 @@
 --
 -- KEYS[1]  the org's key base, "<prefix>{org_id}"
 -- ARGV     partition, last_offset, account_json, balance_delta_nano_usd,
---          then four sections, each a count followed by that many field/value pairs:
---          meta, members, caps, account_ids (event_id → "digest|partition|offset|outcome")
+--          then five sections, each a count followed by that many field/value pairs:
+--          meta, members, caps, account_ids (event_id → "digest|partition|offset|outcome"),
+--          seat_invoices (event_id → JSON list of the documents it issued)
 --
 -- Returns 1 if applied, 0 if the stored offset shows it was applied before.
 
@@ -37,5 +38,6 @@ rewrite(base .. ':meta', true)
 rewrite(base .. ':members', true)
 rewrite(base .. ':caps', true)
 rewrite(base .. ':account_ids', false)
+rewrite(base .. ':seat_invoices', false)
 redis.call('HSET', base .. ':offsets', 'account:' .. partition, last_offset)
 return 1

@@ -51,7 +51,7 @@ def api_pipeline(
     pipeline = new_pipeline(stack.settings, tmp_path_factory.mktemp("api"))
     pipeline.settings = pipeline.settings.model_copy(update={"api_secret": SECRET})
     pipeline.start_worker()
-    events = new_org(ORG_A, members=("max",), credits="50.00")
+    events = new_org(ORG_A, members=("max",), credits="50.00", spare_seats=1)  # olga's
     events.append(
         account(
             ORG_A,

@@ -99,11 +99,13 @@ def test_the_key_is_per_caller(client: TestClient, api_pipeline: Pipeline) -> No
 
 
 def test_a_refused_change_is_not_remembered(client: TestClient, api_pipeline: Pipeline) -> None:
-    """R5 refuses a self-serve removal (409): the key stays free for a valid request."""
+    """R5 refuses a removal that would leave members without a seat (409): the key
+    stays free for a valid request."""
     headers = {**bearer(token(ORG_A, "olga")), "Idempotency-Key": "k-refused"}
     refused = client.post(
-        f"{SEATS}/removals", json={"seat_type": "enterprise", "quantity": 1}, headers=headers
+        f"{SEATS}/removals", json={"seat_type": "enterprise", "quantity": 100}, headers=headers
     )
     assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"]["reason"] == "seat_removal_refused"
     accepted = client.post(SEATS, json={"seat_type": "enterprise", "quantity": 1}, headers=headers)
     assert accepted.status_code == 202, accepted.text
