@@ -17,10 +17,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from redis.asyncio import Redis
 
 from billing.notifications import CREDITS_PERIOD
+from metering import kafka_clients
 from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.keys import OrgKeys, orgs_with_stops_key
 from metering.enforcement.records import SourceRecord, digest, month_of
@@ -46,7 +47,7 @@ def read_topic(bootstrap: str, topic: str) -> Iterator[list[SourceRecord]]:
     """Every record on `topic` up to the end it had when reading started, in batches,
     in offset order per partition."""
     partitions = admin_client(bootstrap).list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer(
+    consumer = kafka_clients.consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": "metering-rebuild",
