@@ -111,3 +111,28 @@ def test_billing_run_and_stack_status_print_no_kafka_client_logs(
     assert status.returncode == 0, status.stdout + status.stderr
     assert "kafka" in status.stdout
     assert _kafka_lines(status.stderr) == [], status.stderr
+
+
+def test_billing_run_before_anything_was_stored_issues_nothing_quietly(
+    stack: RunningStack, tmp_path: Path
+) -> None:
+    # Given a fresh namespace and a ClickHouse store nothing has written to yet (no worker
+    # or sink has run: a new clone, a new deployment)
+    pipeline = new_pipeline(stack.settings, tmp_path)
+    try:
+        # When a month is billed
+        done = subprocess.run(
+            [str(BIN / "billing"), "run", "--month", "2026-01", "--out", str(tmp_path / "out")],
+            env={**os.environ, **pipeline.env()},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+        # Then it issues nothing and says so, with nothing on stderr
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "0 orgs · 0 documents issued now" in done.stdout
+        assert done.stderr == ""
+    finally:
+        cleanup(pipeline)
