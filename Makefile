@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CODE := schemas billing metering tests bench
 
-.PHONY: help install system-deps test test-faults lint demo bench stack-up stack-down stack-status schemas clean
+.PHONY: help install system-deps test test-faults lint demo bench stack-up stack-down stack-status contract schemas clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -42,8 +42,10 @@ lint: install ## ruff + mypy
 	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/mypy $(CODE)
 
-schemas: install ## Regenerate the checked-in JSON Schema files from the models
-	$(PY) -m schemas.export
+contract: install ## Regenerate the generated contract: JSON Schemas, docs/openapi.json, GENERATED blocks in *.md
+	$(PY) -m metering.contract
+
+schemas: contract ## The same as `contract`
 
 demo: install system-deps ## Start the stack and drive a month of sample traffic through it
 	$(BIN)/metering demo

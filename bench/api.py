@@ -1,7 +1,7 @@
 """HTTP API benchmark (`make bench`): the gate endpoint, over real HTTP, from another process.
 
-Method (on a private namespace: topics, Redis key prefix, consumer group, API secret, an
-embedded ClickHouse store in a temp dir):
+Method (on a private namespace, `bench.harness`: topics, Redis key prefix, consumer group,
+an embedded ClickHouse store in a temp dir; and an API secret of its own):
 1. seed: a `metering worker` applies org.created, member.added and a credit purchase for
    ORGS orgs of MEMBERS members each; once the gate allows the last member, the worker is
    stopped (the gate endpoint reads Redis only);
@@ -27,27 +27,21 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import redis
 from redis.asyncio import Redis as AsyncRedis
 from rich.console import Console
 from rich.table import Table
 
+from bench.harness import Namespace, cpu_seconds, percentile, py_spy, record
 from metering.api.tokens import issue
-from metering.emitter import Emitter
 from metering.gate import Gate, UnknownOrgError
 from metering.settings import Settings
-from metering.stack.process import free_port, stop_child
-from metering.topics import admin_client, ensure_topics
+from metering.stack.process import free_port
 
 RATE = int(os.environ.get("METERING_BENCH_API_RATE", "1000"))
 WARMUP_S = float(os.environ.get("METERING_BENCH_API_WARMUP", "3"))
@@ -62,15 +56,10 @@ ORGS, MEMBERS = 20, 5
 PARTITIONS = 4
 TARGET_P99_MS = 5.0
 HOST = "127.0.0.1"
-RESULTS = Path(__file__).parent / "results.json"
-BIN = Path(sys.executable).parent
 
 
 def _pct(values: list[float], fraction: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 3)
+    return percentile(values, fraction, digits=3)
 
 
 # -- the load generator (a process of its own) -------------------------------------------
@@ -250,26 +239,6 @@ def _members() -> list[tuple[str, str]]:
     return [(f"org-{o}", f"user-{m}") for m in range(MEMBERS) for o in range(ORGS)]
 
 
-def _settings(store_dir: Path) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings().model_copy(
-        update={
-            "topic_namespace": f"benchapi{tag}.",
-            "redis_prefix": f"benchapi{tag}:",
-            "group_id": f"metering-benchapi-{tag}",
-            # `metering api` opens the store (for the Usage page's chart): not the project's.
-            "clickhouse_url": f"chdb://{store_dir / 'clickhouse'}",
-            "api_secret": secrets.token_urlsafe(48),
-        }
-    )
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    # The API alone: no worker needs to write ClickHouse here.
-    own = settings.model_copy(update={"sink_in_worker": False})
-    return {**os.environ, **own.environment()}
-
-
 def _account_events() -> list[dict[str, Any]]:
     at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     term_start = date.today().replace(day=1).isoformat()
@@ -324,38 +293,30 @@ async def _gate_allows(settings: Settings, org: str, user: str) -> bool:
         await client.aclose()
 
 
-def _seed(settings: Settings, log: Path) -> float:
+def _seed(ns: Namespace) -> float:
     """Returns how long the worker took to make the gate allow every member."""
-    topics = settings.topics
-    with log.open("ab") as out:
-        worker = subprocess.Popen(
-            [str(BIN / "metering"), "worker"], env=_env(settings), stdout=out, stderr=out
-        )
+    # The processors alone (the gate reads Redis): no worker needs to write ClickHouse.
+    worker = ns.metering("worker", sink_in_worker=False)
     try:
         started = time.perf_counter()
-        with Emitter(settings.kafka_bootstrap, account_topic=topics.account_events) as emitter:
+        with ns.emitter() as emitter:
             for event in _account_events():
                 emitter.emit_account(event)
         org, user = _members()[-1]
-        while not asyncio.run(_gate_allows(settings, org, user)):
+        while not asyncio.run(_gate_allows(ns.settings, org, user)):
             if worker.poll() is not None:
-                raise RuntimeError(f"the worker exited with {worker.returncode}; see {log}")
+                raise RuntimeError(f"the worker exited with {worker.returncode}; see {ns.log}")
             if time.perf_counter() - started > 120:
-                raise RuntimeError(f"the gate never allowed {org}/{user}; see {log}")
+                raise RuntimeError(f"the gate never allowed {org}/{user}; see {ns.log}")
             time.sleep(0.2)
         return time.perf_counter() - started
     finally:
-        stop_child(worker, timeout_s=60)
+        ns.stop(worker)
 
 
-def _start_api(settings: Settings, port: int, token: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        api = subprocess.Popen(
-            [str(BIN / "metering"), "api", "--host", HOST, "--port", str(port)],
-            env=_env(settings),
-            stdout=out,
-            stderr=out,
-        )
+def _start_api(ns: Namespace, port: int, token: str) -> subprocess.Popen[bytes]:
+    # `metering api` opens the namespace's store (for the Usage page's chart).
+    api = ns.metering("api", "--host", HOST, "--port", str(port), sink_in_worker=False)
     org, user = _members()[0]
     deadline = time.monotonic() + 90
     while True:
@@ -368,8 +329,8 @@ def _start_api(settings: Settings, port: int, token: str, log: Path) -> subproce
                 raise RuntimeError(f"{org}/{user} is not allowed: {body!r}")
             return api
         if api.poll() is not None or time.monotonic() > deadline:
-            stop_child(api, timeout_s=60)
-            raise RuntimeError(f"the API did not come up (status {status}); see {log}")
+            ns.stop(api)
+            raise RuntimeError(f"the API did not come up (status {status}); see {ns.log}")
         time.sleep(0.2)
 
 
@@ -381,11 +342,6 @@ async def _probe(port: int, token: str) -> tuple[int, bytes]:
         client.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _load(mode: str, port: int, token: str, api_pid: int) -> dict[str, Any]:
     """Runs the load generator in its own process; adds the API's CPU per request."""
     seconds = OPEN_S if mode == "open" else CLOSED_S
@@ -394,17 +350,9 @@ def _load(mode: str, port: int, token: str, api_pid: int) -> dict[str, Any]:
     command += ["--seconds", str(seconds), "--warmup", str(warmup)]
     profiler = None
     if PROFILE and mode == "open":
-        py_spy = [str(BIN / "py-spy"), "record", "--format", "raw", "--nonblocking"]
-        profiler = subprocess.Popen(
-            [
-                *py_spy,
-                *("--duration", str(int(warmup + seconds)), "--output", f"{PROFILE}-api.txt"),
-                *("--pid", str(api_pid)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    cpu = _cpu_seconds(api_pid)
+        duration = str(int(warmup + seconds))
+        profiler = py_spy(api_pid, f"{PROFILE}-api.txt", "--duration", duration)
+    cpu = cpu_seconds([api_pid])
     done = subprocess.run(
         command,
         env={**os.environ, "METERING_BENCH_API_TOKEN": token},
@@ -412,7 +360,7 @@ def _load(mode: str, port: int, token: str, api_pid: int) -> dict[str, Any]:
         check=True,
         timeout=warmup + seconds + 120,
     )
-    used = _cpu_seconds(api_pid) - cpu
+    used = cpu_seconds([api_pid]) - cpu
     if profiler is not None:
         profiler.wait(timeout=120)
     result: dict[str, Any] = json.loads(done.stdout)
@@ -421,40 +369,18 @@ def _load(mode: str, port: int, token: str, api_pid: int) -> dict[str, Any]:
     return result
 
 
-def _cleanup(settings: Settings, store_dir: Path) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=5000))
-    if keys:
-        client.delete(*keys)
-    client.close()
-    admin = admin_client(settings.kafka_bootstrap)  # kept alive until the futures resolve
-    futures = admin.delete_topics([s.name for s in settings.topics.specs()])
-    for future in futures.values():
-        future.result(timeout=30)
-    shutil.rmtree(store_dir, ignore_errors=True)
-
-
 def main() -> None:
-    store_dir = Path(tempfile.mkdtemp(prefix="bench-api-"))
-    settings = _settings(store_dir)
-    log = Path("var/bench-api.log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    token = issue(
-        settings.api_secret, now=datetime.now(UTC), ttl=timedelta(hours=1), service="bench"
-    )
+    secret = secrets.token_urlsafe(48)
+    token = issue(secret, now=datetime.now(UTC), ttl=timedelta(hours=1), service="bench")
     results: dict[str, Any] = {"orgs": ORGS, "members_per_org": MEMBERS}
-    api = None
-    try:
-        ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())
-        results["seed_seconds"] = round(_seed(settings, log), 2)
+    with Namespace.create(
+        "benchapi", partitions=PARTITIONS, log="bench-api.log", api_secret=secret
+    ) as ns:
+        results["seed_seconds"] = round(_seed(ns), 2)
         port = free_port(HOST)
-        api = _start_api(settings, port, token, log)
+        api = _start_api(ns, port, token)
         results["open_loop"] = _load("open", port, token, api.pid)
         results["closed_loop"] = _load("closed", port, token, api.pid)
-    finally:
-        if api is not None:
-            stop_child(api, timeout_s=60)
-        _cleanup(settings, store_dir)
 
     o, c = results["open_loop"], results["closed_loop"]
     table = Table(
@@ -486,9 +412,7 @@ def main() -> None:
         + ("met" if met else "[bold red]not met[/]")
         + f" ({within} of {len(windows)} one-second windows within it)"
     )
-    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    existing["api"] = {**results, "measured_at": datetime.now(UTC).isoformat()}
-    RESULTS.write_text(json.dumps(existing, indent=2) + "\n")
+    record("api", results)
 
 
 if __name__ == "__main__":

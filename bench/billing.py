@@ -45,8 +45,8 @@ Method:
    half-up (computed in SQL), and over all orgs within ½ cent per line of Σ billed;
    statements' purchases and opening balances = the fixture's; seat invoices = seats ×
    monthly fee; one JSON file per document.
-The temp store is removed and the private topics deleted at the end. Results are printed
-and written to bench/results.json (section "billing").
+Store and topics are a private namespace (`bench.harness`), removed at the end. Results
+are printed and written to bench/results.json (section "billing").
 """
 
 from __future__ import annotations
@@ -54,10 +54,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,15 +62,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from bench.clickhouse import ORG_SKEW, RESULTS, SEAT_ALLOWANCE_DAYS, _du, _weighted_index
+from bench.clickhouse import ORG_SKEW, SEAT_ALLOWANCE_DAYS, _du, _weighted_index
+from bench.harness import Namespace, record
 from billing.accounts import OrgAccount, Rejected, next_state
 from billing.documents import midnight, month_period
 from billing.pricing import PriceBook
 from billing.rounding import NANOS_PER_CENT, parse_cents
+from metering import kafka_clients
 from metering.clickhouse.migrations import migrate
 from metering.clickhouse.rows import ACCOUNT_COLUMNS, account_row
 from metering.clickhouse.store import Store
@@ -81,7 +80,6 @@ from metering.documents.batch import BatchReport, BillingBatch
 from metering.documents.watermarks import Watermarks
 from metering.enforcement.records import SourceRecord
 from metering.settings import Settings
-from metering.topics import admin_client, ensure_topics
 from metering.traffic import MODEL_WEIGHTS, SURFACE_WEIGHTS
 from schemas.account import ACCOUNT_EVENT_ADAPTER, AccountEvent, BillingMode, Plan, Role, SeatType
 from schemas.documents import DocumentKind
@@ -413,61 +411,56 @@ def _timed_run(
 
 
 def billing_bench() -> dict[str, Any]:
+    with Namespace.create("benchbilling", partitions=PARTITIONS, log="bench-billing.log") as ns:
+        return _billing_bench(ns.settings, ns.directory)
+
+
+def _billing_bench(settings: Settings, directory: Path) -> dict[str, Any]:
     now = datetime.now(UTC)
-    directory = Path(tempfile.mkdtemp(prefix="bench-billing-"))
-    settings = Settings(
-        topic_namespace=f"bench-billing-{uuid.uuid4().hex[:8]}.",
-        clickhouse_url=f"chdb://{directory / 'store'}",
-    )
     book = settings.load_price_book()
-    ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())
-    try:
-        with Store(settings.clickhouse_url) as store:
-            migrate(store)
-            fixture = _load(store, settings, book, now)
-            batch = BillingBatch(settings, store, clock=lambda: datetime.now(UTC), book=book)
-            setup, setup_s = _timed_run(
-                batch, fixture.previous, directory / "previous", fixture.previous_marks
-            )
-            fixture.load["previous_month"] = {
-                "month": fixture.previous,
-                "documents": setup.issued.total(),
-                "seconds": round(setup_s, 2),
-            }
-            fixture.load["store_bytes"] = _du(directory / "store")
-            before = _published(settings)
-            out = directory / "documents"
-            report, run_s = _timed_run(batch, fixture.month, out, fixture.marks)
-            published = _published(settings)
-            rerun, rerun_s = _timed_run(batch, fixture.month, out, fixture.marks)
-            if rerun.issued.total() or _published(settings) != published:
-                raise AssertionError(f"the re-run issued {dict(rerun.issued)}")
-            checks = _check(fixture, report, store, book, published - before)
-        issued = report.issued.total()
-        return {
-            "month": fixture.month,
-            "fixture": fixture.load,
-            "run": {
-                "seconds": round(run_s, 2),
-                "documents": issued,
-                "by_kind": dict(sorted(report.issued.items())),
-                "documents_per_s": round(issued / run_s),
-                "orgs_per_s": round(report.orgs / run_s),
-                "usage_events_per_s": round(EVENTS / run_s),
-                "files": len(report.files) * 2,
-                "target_s": TARGET_S,
-                "target_met": run_s <= TARGET_S,
-            },
-            "rerun": {
-                "seconds": round(rerun_s, 2),
-                "documents": rerun.issued.total(),
-                "documents_read": len(rerun.documents),
-            },
-            "checks": checks,
+    with Store(settings.clickhouse_url) as store:
+        migrate(store)
+        fixture = _load(store, settings, book, now)
+        batch = BillingBatch(settings, store, clock=lambda: datetime.now(UTC), book=book)
+        setup, setup_s = _timed_run(
+            batch, fixture.previous, directory / "previous", fixture.previous_marks
+        )
+        fixture.load["previous_month"] = {
+            "month": fixture.previous,
+            "documents": setup.issued.total(),
+            "seconds": round(setup_s, 2),
         }
-    finally:
-        _delete_topics(settings)
-        shutil.rmtree(directory, ignore_errors=True)
+        fixture.load["store_bytes"] = _du(directory / "clickhouse")
+        before = _published(settings)
+        out = directory / "documents"
+        report, run_s = _timed_run(batch, fixture.month, out, fixture.marks)
+        published = _published(settings)
+        rerun, rerun_s = _timed_run(batch, fixture.month, out, fixture.marks)
+        if rerun.issued.total() or _published(settings) != published:
+            raise AssertionError(f"the re-run issued {dict(rerun.issued)}")
+        checks = _check(fixture, report, store, book, published - before)
+    issued = report.issued.total()
+    return {
+        "month": fixture.month,
+        "fixture": fixture.load,
+        "run": {
+            "seconds": round(run_s, 2),
+            "documents": issued,
+            "by_kind": dict(sorted(report.issued.items())),
+            "documents_per_s": round(issued / run_s),
+            "orgs_per_s": round(report.orgs / run_s),
+            "usage_events_per_s": round(EVENTS / run_s),
+            "files": len(report.files) * 2,
+            "target_s": TARGET_S,
+            "target_met": run_s <= TARGET_S,
+        },
+        "rerun": {
+            "seconds": round(rerun_s, 2),
+            "documents": rerun.issued.total(),
+            "documents_read": len(rerun.documents),
+        },
+        "checks": checks,
+    }
 
 
 # -- 3. checks ----------------------------------------------------------------------------
@@ -490,7 +483,9 @@ def _expected_counts(fixture: _Fixture) -> Counter[str]:
 
 def _published(settings: Settings) -> int:
     topic = settings.topics.documents
-    probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe"})
+    probe = kafka_clients.consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench-probe"}
+    )
     try:
         partitions = probe.list_topics(topic, timeout=10).topics[topic].partitions
         return sum(
@@ -590,12 +585,6 @@ def _check(
     }
 
 
-def _delete_topics(settings: Settings) -> None:
-    admin = admin_client(settings.kafka_bootstrap)  # kept alive until the futures resolve
-    for future in admin.delete_topics([s.name for s in settings.topics.specs()]).values():
-        future.result(timeout=30)
-
-
 def main() -> None:
     results = billing_bench()
     f, r, q, c = results["fixture"], results["run"], results["rerun"], results["checks"]
@@ -639,9 +628,7 @@ def main() -> None:
         f"{c['rounding_drift_cents']} ¢); purchases, opening balances and seat fees match",
     )
     Console().print(table)
-    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    existing["billing"] = {**results, "measured_at": datetime.now(UTC).isoformat()}
-    RESULTS.write_text(json.dumps(existing, indent=2) + "\n")
+    record("billing", results)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Method:
    warm-up (one run in four on the biggest org, the rest on random orgs), and
    `model_spend`, `daily_spend` and `top_spenders` the same way with fewer runs;
    p50/p99/max in ms, timed around the Python call (client and engine in-process);
-2. sink: on a private topic namespace (12 partitions), Redis prefix and consumer groups,
+2. sink: on a private namespace (`bench.harness`: 12 partitions, Redis prefix, consumer
+   groups),
    N usage events (METERING_BENCH_EVENTS, default 200,000) for 200 orgs are put on
    `usage.events.v1` first, as in `bench/pipeline.py`; one `metering worker` (with its
    ClickHouse sink child, on a fresh embedded store) is started, and both consumer
@@ -33,16 +34,11 @@ Results are printed and written to bench/results.json (section "clickhouse").
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,18 +46,17 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import redis
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from bench.pipeline import funded_accounts
+from bench.harness import Namespace, percentile, record, scratch
+from metering import kafka_clients
 from metering.clickhouse import queries
 from metering.clickhouse.migrations import migrate
 from metering.clickhouse.store import Store, StoreInUse
-from metering.emitter import Emitter
 from metering.settings import Settings
-from metering.topics import admin_client, consumer_lag, ensure_topics
+from metering.topics import consumer_lag
 from metering.traffic import MODEL_WEIGHTS, SURFACE_WEIGHTS, TrafficGenerator
 
 LOAD_ROWS = int(os.environ.get("METERING_BENCH_CH_ROWS", "10000000"))
@@ -81,19 +76,13 @@ PARTITIONS = 12
 SINK_ORGS = 200
 POLL_S = 0.5
 SINK_TIMEOUT_S = 1800.0
-RESULTS = Path(__file__).parent / "results.json"
-
-
-def _pct(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
 
 
 def _latency(times_ms: list[float]) -> dict[str, float]:
     return {
         "runs": len(times_ms),
-        "p50_ms": _pct(times_ms, 0.5),
-        "p99_ms": _pct(times_ms, 0.99),
+        "p50_ms": percentile(times_ms, 0.5),
+        "p99_ms": percentile(times_ms, 0.99),
         "max_ms": round(max(times_ms), 2),
     }
 
@@ -217,8 +206,7 @@ def query_bench() -> dict[str, Any]:
     previous = (month_start - timedelta(days=1)).replace(day=1)
     since = (previous - timedelta(days=1)).replace(day=1)  # the month before last
     month = f"{now:%Y-%m}"
-    directory = Path(tempfile.mkdtemp(prefix="bench-clickhouse-"))
-    try:
+    with scratch("bench-clickhouse") as directory:
         store = Store(f"chdb://{directory / 'store'}")
         try:
             migrate(store)
@@ -267,7 +255,7 @@ def query_bench() -> dict[str, Any]:
                 )
                 results[name] = {
                     **_latency(times),
-                    "biggest_org_p50_ms": _pct(on_biggest, 0.5),
+                    "biggest_org_p50_ms": percentile(on_biggest, 0.5),
                     "biggest_org_max_ms": round(max(on_biggest), 2),
                 }
             results["top_spenders"] = _latency(
@@ -281,8 +269,6 @@ def query_bench() -> dict[str, Any]:
             results["load"]["usage_daily_parts"] = int(parts)
         finally:
             store.close()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
     results["mtd_target_p99_ms"] = MTD_TARGET_P99_MS
     results["mtd_target_met"] = all(
         results[name]["p99_ms"] <= MTD_TARGET_P99_MS
@@ -294,31 +280,15 @@ def query_bench() -> dict[str, Any]:
 # -- 2. sink rows/s beside the processors ---------------------------------------------
 
 
-def _settings(store_url: str) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings().model_copy(
-        update={
-            "topic_namespace": f"benchch{tag}.",
-            "redis_prefix": f"benchch{tag}:",
-            "group_id": f"metering-bench-ch-{tag}",
-            "sink_group_id": f"metering-bench-ch-sink-{tag}",
-            "clickhouse_url": store_url,
-        }
-    )
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    own = settings.model_copy(update={"sink_in_worker": True})
-    return {**os.environ, **own.environment()}
-
-
 class _GroupProbe:
     """Committed offsets of one consumer group against the ends of its topics: the same
     sums as `metering.topics.consumer_lag`, with one long-lived client (it never joins
     the group) and the committed count kept apart from the lag."""
 
     def __init__(self, bootstrap: str, group_id: str, topics: list[str]) -> None:
-        self._consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+        self._consumer = kafka_clients.consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group_id}
+        )
         metadata = self._consumer.list_topics(timeout=10).topics
         self._partitions = [
             TopicPartition(topic, p) for topic in topics for p in metadata[topic].partitions
@@ -443,26 +413,15 @@ def _summarise(samples: list[_Sample], started: float, batch_seconds: float) -> 
     }
 
 
-def _metering(command: list[str], settings: Settings, cwd: Path) -> subprocess.Popen[bytes]:
-    """`metering <command>` in its own working directory (faust keeps `<group>-data/`
-    there), output appended to var/bench-clickhouse-worker.log."""
-    Path("var").mkdir(exist_ok=True)
-    with Path("var/bench-clickhouse-worker.log").open("ab") as log:
-        return subprocess.Popen(
-            [str(Path(sys.executable).parent / "metering"), *command],
-            env=_env(settings),
-            cwd=cwd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def _alone(settings: Settings, priced: int, cwd: Path) -> dict[str, Any]:
+def _alone(ns: Namespace, priced: int) -> dict[str, Any]:
     """The sink's own ceiling: `metering sink --once` with a new group and a fresh store
     drains the whole priced topic with nothing else of the pipeline running."""
+    settings = ns.variant(
+        sink_group_id=f"{ns.settings.sink_group_id}-alone", clickhouse_url=ns.store_url("alone")
+    )
     topics = settings.topics
     started = time.perf_counter()
-    sink = _metering(["sink", "--once"], settings, cwd)
+    sink = ns.metering("sink", "--once", settings=settings)
     probe = _GroupProbe(
         settings.kafka_bootstrap,
         settings.sink_group_id,
@@ -485,9 +444,7 @@ def _alone(settings: Settings, priced: int, cwd: Path) -> dict[str, Any]:
         sink.wait(timeout=120)
     finally:
         probe.close()
-        if sink.poll() is None:
-            sink.kill()
-            sink.wait()
+        ns.stop(sink)
     since_first = now - first[0] if first else 0.0
     return {
         "rows": priced,
@@ -497,93 +454,57 @@ def _alone(settings: Settings, priced: int, cwd: Path) -> dict[str, Any]:
 
 
 def sink_bench() -> dict[str, Any]:
-    directory = Path(tempfile.mkdtemp(prefix="bench-clickhouse-sink-"))
-    store_url = f"chdb://{directory / 'store'}"
-    settings = _settings(store_url)
-    alone = settings.model_copy(
-        update={
-            "sink_group_id": f"{settings.sink_group_id}-alone",
-            "clickhouse_url": f"chdb://{directory / 'alone'}",
+    with Namespace.create(
+        "benchch", partitions=PARTITIONS, log="bench-clickhouse-worker.log"
+    ) as ns:
+        return _sink_bench(ns)
+
+
+def _sink_bench(ns: Namespace) -> dict[str, Any]:
+    settings = ns.settings
+    traffic = TrafficGenerator(
+        seed=98,
+        orgs=SINK_ORGS,
+        members_per_org=10,
+        start=datetime.now(UTC) - timedelta(hours=1),
+    )
+    accounts = ns.emit_backlog(traffic, SINK_EVENTS)
+    started = time.perf_counter()
+    worker = ns.metering("worker", sink_in_worker=True)
+    samples = _watch(settings, worker)
+    topics = settings.topics  # cross-check with the project's own lag function
+    sink_lag = consumer_lag(
+        settings.kafka_bootstrap,
+        settings.sink_group_id,
+        [topics.usage_priced, topics.account_events],
+    )
+    if sink_lag:
+        raise RuntimeError(f"the sink's lag is {sink_lag}, not 0")
+    worker.send_signal(signal.SIGTERM)  # the sink child flushes and exits with it
+    worker.wait(timeout=120)
+    stopped = time.perf_counter()
+    with _open_when_released(settings.clickhouse_url) as store:
+        ((rows, distinct, rollup, account_rows),) = store.rows(
+            f"SELECT (SELECT count() FROM {store.table('usage_events')}), "
+            f"(SELECT uniqExact(event_id) FROM {store.table('usage_events')}), "
+            f"(SELECT sum(events) FROM {store.table('usage_daily')}), "
+            f"(SELECT count() FROM {store.table('account_events')})"
+        )
+    results = _summarise(samples, started, settings.sink_batch_seconds)
+    priced = results["sink"]["priced_rows"]
+    results["sink"].update(
+        {
+            "stored_rows": int(rows),
+            "stored_distinct_event_ids": int(distinct),
+            "usage_daily_events": int(rollup),
+            "account_rows": int(account_rows),
+            "account_events": len(accounts),
+            "rows_match_priced": int(rows) == priced == int(distinct) == int(rollup),
+            "worker_stop_s": round(stopped - samples[-1].at, 2),
         }
     )
-    ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        traffic = TrafficGenerator(
-            seed=98,
-            orgs=SINK_ORGS,
-            members_per_org=10,
-            start=datetime.now(UTC) - timedelta(hours=1),
-        )
-        emitter = Emitter(
-            settings.kafka_bootstrap,
-            usage_topic=settings.topics.usage_events,
-            account_topic=settings.topics.account_events,
-        )
-        accounts = funded_accounts(traffic)
-        for account_event in accounts:
-            emitter.emit_account(account_event)
-        for event in traffic.usage_events(SINK_EVENTS, timedelta(minutes=50)):
-            emitter.emit_usage(event)
-        emitter.flush()
-        started = time.perf_counter()
-        worker = _metering(["worker"], settings, directory)
-        samples = _watch(settings, worker)
-        topics = settings.topics  # cross-check with the project's own lag function
-        sink_lag = consumer_lag(
-            settings.kafka_bootstrap,
-            settings.sink_group_id,
-            [topics.usage_priced, topics.account_events],
-        )
-        if sink_lag:
-            raise RuntimeError(f"the sink's lag is {sink_lag}, not 0")
-        worker.send_signal(signal.SIGTERM)  # the sink child flushes and exits with it
-        worker.wait(timeout=120)
-        stopped = time.perf_counter()
-        with _open_when_released(store_url) as store:
-            ((rows, distinct, rollup, account_rows),) = store.rows(
-                f"SELECT (SELECT count() FROM {store.table('usage_events')}), "
-                f"(SELECT uniqExact(event_id) FROM {store.table('usage_events')}), "
-                f"(SELECT sum(events) FROM {store.table('usage_daily')}), "
-                f"(SELECT count() FROM {store.table('account_events')})"
-            )
-        results = _summarise(samples, started, settings.sink_batch_seconds)
-        priced = results["sink"]["priced_rows"]
-        results["sink"].update(
-            {
-                "stored_rows": int(rows),
-                "stored_distinct_event_ids": int(distinct),
-                "usage_daily_events": int(rollup),
-                "account_rows": int(account_rows),
-                "account_events": len(accounts),
-                "rows_match_priced": int(rows) == priced == int(distinct) == int(rollup),
-                "worker_stop_s": round(stopped - samples[-1].at, 2),
-            }
-        )
-        results["sink_alone"] = _alone(alone, priced, directory)
-        return results
-    finally:
-        if worker is not None and worker.poll() is None:
-            worker.kill()
-            worker.wait()
-        _cleanup(settings, [settings.group_id, settings.sink_group_id, alone.sink_group_id])
-        shutil.rmtree(directory, ignore_errors=True)
-
-
-def _cleanup(settings: Settings, groups: list[str]) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=5000))
-    for start in range(0, len(keys), 5000):
-        client.delete(*keys[start : start + 5000])
-    admin = admin_client(settings.kafka_bootstrap)  # kept alive until the futures resolve
-    futures = admin.delete_topics([s.name for s in settings.topics.specs()])
-    for future in futures.values():
-        future.result(timeout=30)
-    for future in admin.delete_consumer_groups(groups).values():
-        try:
-            future.result(timeout=30)
-        except Exception as exc:  # e.g. a group that never committed: nothing to delete
-            print(f"note: consumer group not deleted: {exc}", file=sys.stderr)
+    results["sink_alone"] = _alone(ns, priced)
+    return results
 
 
 def main() -> None:
@@ -647,9 +568,7 @@ def main() -> None:
         f"{s['stored_distinct_event_ids']:,} event ids, rollup {s['usage_daily_events']:,})",
     )
     Console().print(table)
-    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    existing["clickhouse"] = {**results, "measured_at": datetime.now(UTC).isoformat()}
-    RESULTS.write_text(json.dumps(existing, indent=2) + "\n")
+    record("clickhouse", results)
 
 
 if __name__ == "__main__":

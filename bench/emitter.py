@@ -1,6 +1,6 @@
 """Emitter benchmark (`make bench`): events/s and delivery latency against the local broker.
 
-Two runs on a fresh 12-partition topic:
+Two runs on a fresh 12-partition usage topic (a private namespace, `bench.harness`):
 - throughput: N pre-generated events emitted as fast as the SDK takes them (validation,
   serialisation, idempotent produce, acks=all), timed from the first emit to the end of
   `flush()`;
@@ -11,34 +11,25 @@ Results are printed and written to bench/results.json (section "emitter").
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Message
-from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
 from rich.console import Console
 from rich.table import Table
 
+from bench.harness import Namespace, percentile, record
 from metering.emitter import Emitter
-from metering.settings import Settings
-from metering.topics import admin_client
 from metering.traffic import TrafficGenerator
 
 THROUGHPUT_EVENTS = 200_000
 PACED_RATE_PER_S = 5_000
 PACED_SECONDS = 4
-RESULTS = Path(__file__).parent / "results.json"
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+PARTITIONS = 12
 
 
 def _events(count: int, seed: int) -> list[dict[str, Any]]:
@@ -87,25 +78,20 @@ def paced_latency(bootstrap: str, topic: str) -> dict[str, float]:
     return {
         "rate_per_s": PACED_RATE_PER_S,
         "events": len(latencies_ms),
-        "latency_ms_p50": round(_percentile(latencies_ms, 0.50), 2),
-        "latency_ms_p99": round(_percentile(latencies_ms, 0.99), 2),
+        "latency_ms_p50": percentile(latencies_ms, 0.50),
+        "latency_ms_p99": percentile(latencies_ms, 0.99),
         "latency_ms_max": round(max(latencies_ms), 2),
         "latency_ms_mean": round(statistics.fmean(latencies_ms), 2),
     }
 
 
 def main() -> None:
-    settings = Settings()
-    admin = admin_client(settings.kafka_bootstrap)
-    topic = f"bench.emitter.{int(time.time())}"
-    admin.create_topics([NewTopic(topic, num_partitions=12)])[topic].result(timeout=30)
-    try:
+    with Namespace.create("benchemitter", partitions=PARTITIONS, log="bench-emitter.log") as ns:
+        bootstrap, topic = ns.settings.kafka_bootstrap, ns.topics.usage_events
         results = {
-            "throughput": throughput(settings.kafka_bootstrap, topic),
-            "paced": paced_latency(settings.kafka_bootstrap, topic),
+            "throughput": throughput(bootstrap, topic),
+            "paced": paced_latency(bootstrap, topic),
         }
-    finally:
-        admin.delete_topics([topic])[topic].result(timeout=30)
     table = Table("benchmark", "result", title="Emitter → local Kafka (acks=all, idempotent)")
     t, p = results["throughput"], results["paced"]
     table.add_row("emitter throughput", f"{t['events_per_s']:,} events/s ({t['events']:,} events)")
@@ -115,9 +101,7 @@ def main() -> None:
         f"· max {p['latency_ms_max']} ms",
     )
     Console().print(table)
-    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    existing["emitter"] = {**results, "measured_at": datetime.now(UTC).isoformat()}
-    RESULTS.write_text(json.dumps(existing, indent=2) + "\n")
+    record("emitter", results)
 
 
 if __name__ == "__main__":

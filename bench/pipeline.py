@@ -1,7 +1,8 @@
 """Pipeline benchmark (`make bench`): what the enforcement worker sustains, how fast a
 cap stops a user, how fast the gate answers — and the raw Kafka ceiling beside it.
 
-Method (all on a private topic namespace with 12 partitions, against the local stack):
+Method (all on a private namespace with 12 partitions, `bench.harness`, against the
+local stack):
 1. backlog: N usage events for 200 orgs are emitted first; `metering worker` processes
    (METERING_BENCH_WORKERS, default 1) are then started and timed until their consumer
    group has committed all of them (events/s sustained, including start-up and group
@@ -30,27 +31,24 @@ import itertools
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import redis
-from confluent_kafka import Consumer
 from redis.asyncio import Redis as AsyncRedis
 from rich.console import Console
 from rich.table import Table
 
+from bench import faust_floor
+from bench.harness import METERING, Namespace, cpu_seconds, percentile, py_spy, record
+from metering import kafka_clients
 from metering.emitter import Emitter
 from metering.gate import Gate
 from metering.settings import Settings
 from metering.stack.local import LocalStack
-from metering.stack.process import stop_child
-from metering.topics import admin_client, consumer_lag, ensure_topics
+from metering.topics import consumer_lag
 from metering.traffic import TrafficGenerator
 
 BACKLOG_EVENTS = int(os.environ.get("METERING_BENCH_EVENTS", "200000"))
@@ -65,29 +63,6 @@ SUSTAINED_ONLY = os.environ.get("METERING_BENCH_SUSTAINED_ONLY", "") == "1"
 # A path prefix: each worker is sampled by `py-spy record` (installed separately) into
 # <prefix>-<n>.txt, collapsed stacks.
 PROFILE = os.environ.get("METERING_BENCH_PROFILE", "")
-RESULTS = Path(__file__).parent / "results.json"
-
-
-def _pct(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
-
-
-def _settings() -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings().model_copy(
-        update={
-            "topic_namespace": f"bench{tag}.",
-            "redis_prefix": f"bench{tag}:",
-            "group_id": f"metering-bench-{tag}",
-        }
-    )
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    # The processors alone: the ClickHouse sink has its own benchmark.
-    own = settings.model_copy(update={"sink_in_worker": False})
-    return {**os.environ, **own.environment()}
 
 
 def _lag(settings: Settings) -> int:
@@ -95,7 +70,7 @@ def _lag(settings: Settings) -> int:
 
 
 def _raw_ceiling(settings: Settings, expected: int) -> float:
-    consumer = Consumer(
+    consumer = kafka_clients.consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": f"raw-{uuid.uuid4().hex}",
@@ -113,22 +88,6 @@ def _raw_ceiling(settings: Settings, expected: int) -> float:
     elapsed = time.perf_counter() - (started or time.perf_counter())
     consumer.close()
     return seen / elapsed
-
-
-def funded_accounts(traffic: TrafficGenerator) -> list[dict[str, Any]]:
-    events = list(traffic.account_events())
-    for org in traffic.orgs:  # enough credits that nobody stops during the backlog
-        events.append(
-            {
-                "event_id": f"bench-credit-{org.org_id}",
-                "type": "credits.purchased",
-                "org_id": org.org_id,
-                "occurred_at": traffic.start.isoformat(),
-                "actor": None,
-                "data": {"purchase_id": f"bench-{org.org_id}", "amount": "1000000.00"},
-            }
-        )
-    return events
 
 
 async def _gate_answer(gate: Gate, org: str, user: str) -> str | None:
@@ -249,81 +208,35 @@ async def _block_latency(settings: Settings, traffic: TrafficGenerator) -> list[
     return latencies
 
 
-METERING_WORKER = [str(Path(sys.executable).parent / "metering"), "worker"]
-FAUST_FLOOR = [sys.executable, "-m", "bench.faust_floor"]
-
-
-def _start_workers(
-    settings: Settings,
-    command: list[str] = METERING_WORKER,
-    count: int = WORKERS,
-    profile: str = PROFILE,
-) -> tuple[list[subprocess.Popen[bytes]], list[subprocess.Popen[bytes]]]:
-    """`count` worker processes, and a py-spy sampling each if `profile` (a prefix)."""
-    with Path("var/bench-worker.log").open("ab") as log:
-        workers = [
-            subprocess.Popen(command, env=_env(settings), stdout=log, stderr=subprocess.STDOUT)
-            for _ in range(count)
-        ]
-    py_spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw"]
-    profilers = [
-        subprocess.Popen(
-            [
-                *py_spy,
-                "--nonblocking",
-                "--idle",
-                "--threads",
-                "--output",
-                f"{profile}-{n}.txt",
-                "--pid",
-                str(w.pid),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for n, w in enumerate(workers)
-        if profile
-    ]
-    return workers, profilers
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU the processes have used so far (Linux /proc)."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def _faust_floor(settings: Settings) -> dict[str, Any]:
+def _faust_floor(namespace: Namespace) -> dict[str, Any]:
     """The same backlog through one faust worker that does nothing with it (its own
     consumer group): the CPU faust itself costs per event, a floor under the worker's."""
-    floor = settings.model_copy(update={"group_id": f"{settings.group_id}-faust-floor"})
     started = time.perf_counter()
-    workers, _ = _start_workers(floor, FAUST_FLOOR, count=1, profile="")
+    floor, process = faust_floor.start(namespace)
     try:
-        return _sustained(floor, started, [w.pid for w in workers])
+        return _sustained(namespace, floor, started, [process.pid])
     finally:
-        for worker in workers:
-            stop_child(worker, timeout_s=60)
+        namespace.stop(process)
 
 
-def _stack_pids(settings: Settings) -> dict[str, list[int]]:
+def _stack_pids(namespace: Namespace) -> dict[str, list[int]]:
     """The local broker's and Redis's processes, when `metering stack up` started them
     (an external broker or Redis is not measured)."""
-    return {c.name: [c.pid] for c in LocalStack(settings).status() if c.pid is not None}
+    stack = LocalStack(namespace.base)
+    return {c.name: [c.pid] for c in stack.status() if c.pid is not None}
 
 
-def _sustained(settings: Settings, started: float, pids: list[int]) -> dict[str, Any]:
+def _sustained(
+    namespace: Namespace, settings: Settings, started: float, pids: list[int]
+) -> dict[str, Any]:
     """Until the group has committed the whole backlog. Besides the rates, the CPU time
     per event after start-up of the workers, the broker and Redis: on shared cores it
     varies far less than the rate, and their sum bounds what this machine can sustain
     whatever the number of workers (cores ÷ CPU per event)."""
-    processes = {"worker": pids, **_stack_pids(settings)}
+    processes = {"worker": pids, **_stack_pids(namespace)}
 
     def cpu() -> dict[str, float]:
-        return {name: _cpu_seconds(group) for name, group in processes.items()}
+        return {name: cpu_seconds(group) for name, group in processes.items()}
 
     first_progress = None  # (when, lag, CPU) at the group's first commit (start-up over)
     while (lag := _lag(settings)) > 0:
@@ -359,32 +272,36 @@ def _sustained(settings: Settings, started: float, pids: list[int]) -> dict[str,
 
 
 def main() -> None:
-    settings = _settings()
-    ensure_topics(admin_client(settings.kafka_bootstrap), PARTITIONS, settings.topics.specs())
+    with Namespace.create("bench", partitions=PARTITIONS, log="bench-worker.log") as ns:
+        results = _measure(ns)
+    if results is not None:
+        _report(results)
+
+
+def _measure(ns: Namespace) -> dict[str, Any] | None:
+    """Every step on the namespace; None if only the sustained rate was asked for."""
+    settings = ns.settings
     now = datetime.now(UTC)
     traffic = TrafficGenerator(
         seed=99, orgs=ORGS, members_per_org=10, start=now - timedelta(hours=1)
     )
-    emitter = Emitter(
-        settings.kafka_bootstrap,
-        usage_topic=settings.topics.usage_events,
-        account_topic=settings.topics.account_events,
-    )
-    for event in funded_accounts(traffic):
-        emitter.emit_account(event)
-    for event in traffic.usage_events(BACKLOG_EVENTS, timedelta(minutes=50)):
-        emitter.emit_usage(event)
-    emitter.flush()
+    ns.emit_backlog(traffic, BACKLOG_EVENTS)
     started = time.perf_counter()
-    workers, profilers = _start_workers(settings)
+    # The processors alone: the ClickHouse sink has its own benchmark.
+    workers = ns.spawn([METERING, "worker"], count=WORKERS, sink_in_worker=False)
+    profilers = [
+        py_spy(w.pid, f"{PROFILE}-{n}.txt", "--idle", "--threads")
+        for n, w in enumerate(workers)
+        if PROFILE
+    ]
     results: dict[str, Any] = {}
     try:
-        results["pipeline"] = _sustained(settings, started, [w.pid for w in workers])
+        results["pipeline"] = _sustained(ns, settings, started, [w.pid for w in workers])
         elapsed = results["pipeline"]["seconds"]
         if SUSTAINED_ONLY:
             print(json.dumps(results["pipeline"]))
-            return
-        results["faust_floor"] = _faust_floor(settings)
+            return None
+        results["faust_floor"] = _faust_floor(ns)
         raw = _raw_ceiling(settings, BACKLOG_EVENTS)
         results["raw_consumer"] = {
             "messages_per_s": round(raw),
@@ -405,22 +322,22 @@ def main() -> None:
             "trials": len(latencies),
             "background_rate_per_s": BACKGROUND_RATE_PER_S,
             "background_rate_achieved_per_s": round(achieved[0]) if achieved else None,
-            "latency_ms_p50": _pct(latencies, 0.5),
-            "latency_ms_p90": _pct(latencies, 0.9),
-            "latency_ms_p99": _pct(latencies, 0.99),
-            "latency_ms_max": _pct(latencies, 1.0),
+            "latency_ms_p50": percentile(latencies, 0.5),
+            "latency_ms_p90": percentile(latencies, 0.9),
+            "latency_ms_p99": percentile(latencies, 0.99),
+            "latency_ms_max": percentile(latencies, 1.0),
             "latencies_ms": [round(v, 1) for v in latencies],
         }
         results["gate"] = asyncio.run(_gate_bench(settings, traffic))
     finally:
         for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            worker.wait(timeout=60)
+            ns.stop(worker)
         for profiler in profilers:
             profiler.wait(timeout=60)
-        _cleanup(settings)
+    return results
 
+
+def _report(results: dict[str, Any]) -> None:
     table = Table(
         "benchmark", "result", title=f"Enforcement pipeline ({WORKERS} worker(s), 12 partitions)"
     )
@@ -460,9 +377,7 @@ def main() -> None:
         "gate (Python API)", f"p50 {g['latency_ms_p50']} ms · p99 {g['latency_ms_p99']} ms"
     )
     Console().print(table)
-    existing = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    existing["enforcement"] = {**results, "measured_at": datetime.now(UTC).isoformat()}
-    RESULTS.write_text(json.dumps(existing, indent=2) + "\n")
+    record("enforcement", results)
 
 
 async def _gate_bench(settings: Settings, traffic: TrafficGenerator) -> dict[str, float]:
@@ -479,21 +394,10 @@ async def _gate_bench(settings: Settings, traffic: TrafficGenerator) -> dict[str
     await client.aclose()
     return {
         "calls": GATE_CALLS,
-        "latency_ms_p50": _pct(times, 0.5),
-        "latency_ms_p99": _pct(times, 0.99),
+        "latency_ms_p50": percentile(times, 0.5),
+        "latency_ms_p99": percentile(times, 0.99),
         "latency_ms_mean": round(statistics.fmean(times), 3),
     }
-
-
-def _cleanup(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = list(client.scan_iter(match=f"{settings.redis_prefix}*", count=5000))
-    for start in range(0, len(keys), 5000):
-        client.delete(*keys[start : start + 5000])
-    admin = admin_client(settings.kafka_bootstrap)  # kept alive until the futures resolve
-    futures = admin.delete_topics([s.name for s in settings.topics.specs()])
-    for future in futures.values():
-        future.result(timeout=30)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`make bench`: every benchmark, one after the other, then one summary table.
 
 Each benchmark module runs in its own process (as `python -m bench.<name>`: its own
-stack clients, topics and cleanup) and writes its section of bench/results.json. This
+stack clients and private namespace, `bench.harness`) and writes its section of
+bench/results.json. This
 driver then reads the sections back, refuses any that was not measured in this run
 (a benchmark that failed must not leave last week's numbers in the summary), prints the
 table the issue asks for and writes it to the "summary" section.
@@ -13,19 +14,18 @@ docs/benchmarks.md.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-RESULTS = Path(__file__).parent / "results.json"
+from bench.harness import read_results, write_section
+
 # module → the results.json section it writes
 BENCHMARKS = {
     "emitter": "emitter",
@@ -141,7 +141,7 @@ def main() -> None:
     for name in names:
         if subprocess.run([sys.executable, "-m", f"bench.{name}"], check=False).returncode:
             failed.append(name)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = read_results()
     table = Table(
         "benchmark", "result", "target", title=f"make bench — {started:%Y-%m-%d %H:%M} UTC"
     )
@@ -155,8 +155,9 @@ def main() -> None:
             table.add_row(what, result, target)
             summary.append({"benchmark": what, "result": result, "target": target})
     Console().print(table)
-    results["summary"] = {"measured_at": started.isoformat(), "rows": summary, "failed": failed}
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    write_section(
+        "summary", {"measured_at": started.isoformat(), "rows": summary, "failed": failed}
+    )
     if failed:
         sys.exit(f"benchmarks failed: {', '.join(failed)}")
 

@@ -15,16 +15,16 @@ opportunistically so a long-running service need not.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 from pydantic import BaseModel
 
+from metering import kafka_clients
 from metering.topics import ACCOUNT_EVENTS, USAGE_EVENTS
 from schemas.account import AccountEvent
 from schemas.usage import UsageEvent
@@ -72,9 +72,8 @@ class Emitter:
         clock: Clock = system_clock,
         producer_overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        self._producer = Producer(
-            producer_config(bootstrap, **(producer_overrides or {})),
-            logger=logging.getLogger("metering.kafka"),
+        self._producer = kafka_clients.producer(
+            producer_config(bootstrap, **(producer_overrides or {}))
         )
         self._usage_topic = usage_topic
         self._account_topic = account_topic

@@ -1,4 +1,4 @@
-"""Typed settings from `METERING_*` environment variables (SPEC §4 plus local-stack knobs)."""
+"""Typed settings from `METERING_*` environment variables (docs/contract.md › Settings)."""
 
 from __future__ import annotations
 
@@ -13,53 +13,138 @@ from schemas.money import parse_usd
 
 
 class Settings(BaseSettings):
+    """Every setting, with the description and default the documentation shows: README ›
+    Settings and docs/contract.md › Settings are generated from these fields
+    (`make contract`), so a new setting needs a description. `shown` is the default in
+    words, where the field's own default is a placeholder."""
+
     model_config = SettingsConfigDict(env_prefix="METERING_", frozen=True)
 
-    kafka_bootstrap: str = "localhost:9092"
-    redis_url: str = "redis://localhost:6379/0"
-    # Default: an embedded chDB store under ./var/clickhouse (used from the ClickHouse issue on).
-    clickhouse_url: str = ""
-    http_port: int = 8080
+    kafka_bootstrap: str = Field(
+        default="localhost:9092",
+        description="Kafka bootstrap servers. A local address is started by `stack up` (its "
+        "KRaft controller takes the next port, 9093); a remote one is only used",
+    )
+    redis_url: str = Field(
+        default="redis://localhost:6379/0", description="Redis; started by `stack up` when local"
+    )
+    clickhouse_url: str = Field(
+        default="",
+        description="`chdb:///abs/path` (embedded, in-process) or "
+        "`http(s)://user:pass@host:8123/db` (a server; database default `metering`)",
+        json_schema_extra={"shown": "embedded chDB under `./var/clickhouse`"},
+    )
+    http_port: int = Field(default=8080, description="HTTP API port")
     # HTTP API tokens: the HS256 signing secret (default: a random one kept in
     # var/api-secret, for local use) and how long `metering token issue` tokens last.
-    api_secret: str = ""
-    token_ttl_hours: float = Field(default=24.0, gt=0)
-    price_book: Path | None = Field(
-        default=None, description="a price-book JSON file; default: the one shipped"
+    api_secret: str = Field(
+        default="",
+        description="HS256 secret of API tokens (≥ 32 characters); set it in production, "
+        "the same on every API process",
+        json_schema_extra={"shown": "a random secret in `var/api-secret`"},
     )
-    # Local stack and topics (not part of the SPEC contract; documented in the README).
-    var_dir: Path = Path("var")
-    topic_partitions: int = Field(default=12, ge=1, le=1000)
-    kafka_heap: str = "768m"
-    # How often each worker appends the renewals of contracts whose term has ended (R3, R7);
-    # 0: never (renewals then come only from `contract.renewed` events sent from outside).
-    renewal_check_seconds: float = Field(default=60.0, ge=0)
+    token_ttl_hours: float = Field(
+        default=24.0, gt=0, description="lifetime of tokens from `metering token issue`"
+    )
+    price_book: Path | None = Field(
+        default=None,
+        description="a price-book JSON file",
+        json_schema_extra={"shown": "the shipped `billing/data/price_book.json`"},
+    )
+    # Local stack and topics (not part of the original contract; documented in the README).
+    var_dir: Path = Field(
+        default=Path("var"),
+        description="where the local stack keeps data, pid files and logs, and workers "
+        "their faust folders (`faust/<group>-data/`)",
+        json_schema_extra={"shown": "`./var`"},
+    )
+    topic_partitions: int = Field(
+        default=12, ge=1, le=1000, description="partitions of each topic when `stack up` creates it"
+    )
+    kafka_heap: str = Field(default="768m", description="JVM heap of the local broker")
+    renewal_check_seconds: float = Field(
+        default=60.0,
+        ge=0,
+        description="how often each worker appends the renewals of contracts whose term has "
+        "ended (a term renews by itself on its anniversary); `0` turns the timer off "
+        "(renewals then come only from `contract.renewed` events sent from outside)",
+    )
     # Self-serve balance alerts (R17): notify when the balance falls below each level (USD).
-    balance_alert_levels: str = "10.00,1.00"
+    balance_alert_levels: str = Field(
+        default="10.00,1.00",
+        description="self-serve balance alert levels, USD: one `balance_low` notification per "
+        "level per purchase cycle when usage takes the balance below it (R17)",
+    )
     # Isolation: a topic-name prefix, a Redis key prefix and the processors' consumer group.
-    topic_namespace: str = ""
-    redis_prefix: str = ""
-    group_id: str = "metering-enforcement"
+    topic_namespace: str = Field(
+        default="",
+        description="prefix of every topic name (tests and side-by-side deployments)",
+        json_schema_extra={"shown": "empty"},
+    )
+    redis_prefix: str = Field(
+        default="",
+        description="prefix of every Redis key",
+        json_schema_extra={"shown": "empty"},
+    )
+    group_id: str = Field(
+        default="metering-enforcement",
+        description="consumer group (faust app id) of the workers",
+    )
     # The ClickHouse sink (README › ClickHouse): its consumer group, batch bounds, and
     # whether `metering worker` runs it (as a child process).
-    sink_group_id: str = "metering-clickhouse-sink"
-    sink_batch_rows: int = Field(default=5000, ge=1)
-    sink_batch_seconds: float = Field(default=1.0, gt=0)
-    sink_in_worker: bool = True
+    sink_group_id: str = Field(
+        default="metering-clickhouse-sink", description="consumer group of the ClickHouse sink"
+    )
+    sink_batch_rows: int = Field(
+        default=5000, ge=1, description="a sink batch closes at this many records…"
+    )
+    sink_batch_seconds: float = Field(default=1.0, gt=0, description="…or at this age (seconds)")
+    sink_in_worker: bool = Field(
+        default=True, description="whether `metering worker` starts the sink as a child process"
+    )
     # The nightly batch inside `metering run` (README › Billing): whether it runs, at what
     # time of day (UTC, HH:MM) and where it writes the files (default var/documents).
-    billing_schedule: bool = True
-    billing_at: str = Field(default="00:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    documents_dir: Path | None = None
+    billing_schedule: bool = Field(
+        default=True,
+        description="whether `metering run` runs the nightly billing batch (in its API process)",
+    )
+    billing_at: str = Field(
+        default="00:30",
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+        description="time of day (UTC, HH:MM) of the nightly batch",
+    )
+    documents_dir: Path | None = Field(
+        default=None,
+        description="where the nightly batch and `billing run` without `--out` write "
+        "`YYYY-MM/<document_id>.json` + `.html`",
+        json_schema_extra={"shown": "`./var/documents`"},
+    )
     # Prometheus metrics of `metering worker` / `metering sink` on this port (0: off); the
     # sink child of a worker uses the next one. The API serves them on its own /metrics.
-    metrics_port: int = Field(default=9400, ge=0, le=65534)
+    metrics_port: int = Field(
+        default=9400,
+        ge=0,
+        le=65534,
+        description="port on which `metering worker` and `metering sink` serve Prometheus "
+        "metrics (`http://HOST:PORT/metrics`, all interfaces); the sink child of "
+        "`metering worker` uses the next port (9401); `0` disables. A port in use is logged, "
+        "not fatal. The API serves its metrics on its own `/metrics` (README › Metrics)",
+    )
     # Fault injection for the crash tests only: exit after this many stored batches,
     # between the insert and the offset commit (0: never).
-    sink_exit_after_batches: int = 0
+    sink_exit_after_batches: int = Field(
+        default=0,
+        description="fault injection for tests: the sink exits after storing this many "
+        "batches, before committing the last",
+        json_schema_extra={"shown": "`0` (off)"},
+    )
     # The same for `billing run`: exit after publishing a month's documents, before
     # storing them in ClickHouse.
-    billing_exit_after_publish: bool = False
+    billing_exit_after_publish: bool = Field(
+        default=False,
+        description="fault injection for tests: `billing run` exits after publishing a "
+        "month's documents, before storing them",
+    )
 
     def environment(self) -> dict[str, str]:
         """These settings as `METERING_*` variables, for a child process that must run

@@ -12,13 +12,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 # Re-exported by confluent_kafka.admin without types; these modules carry them.
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
+
+from metering import kafka_clients
 
 USAGE_EVENTS = "usage.events.v1"
 ACCOUNT_EVENTS = "account.events.v1"
@@ -120,11 +122,7 @@ class TopicState:
 
 
 def admin_client(bootstrap: str) -> AdminClient:
-    # librdkafka logs through Python logging instead of straight to stderr.
-    return AdminClient(
-        {"bootstrap.servers": bootstrap, "socket.timeout.ms": 10_000},
-        logger=logging.getLogger("metering.kafka"),
-    )
+    return kafka_clients.admin({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10_000})
 
 
 def _align_configs(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
@@ -229,7 +227,7 @@ def consumer_lag(bootstrap: str, group_id: str, topics: list[str]) -> int:
     """Records on `topics` that consumer group `group_id` has not committed yet."""
     metadata = admin_client(bootstrap).list_topics(timeout=10).topics
     partitions = [TopicPartition(topic, p) for topic in topics for p in metadata[topic].partitions]
-    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    probe = kafka_clients.consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
     try:
         lag = 0
         for tp in probe.committed(partitions, timeout=10):

@@ -343,8 +343,14 @@ class BatchPipeline:
 
 def faust_app(settings: Settings) -> faust.App:
     """The faust app the processors run in (also the benchmark's faust-alone floor)."""
+    # faust creates a local data folder per app (`<group>-data/`, empty with the memory
+    # store), by default in the working directory. It is local data like the stack's:
+    # under METERING_VAR_DIR. faust creates the folder itself, but not its parents.
+    faust_dir = settings.var_dir / "faust"
+    faust_dir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.group_id,
+        datadir=faust_dir / f"{settings.group_id}-data",
         broker=f"kafka://{settings.kafka_bootstrap}",
         store="memory://",
         web_enabled=False,

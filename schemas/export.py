@@ -1,7 +1,8 @@
-"""Writes the JSON Schema of every wire model to `schemas/jsonschema/` (`make schemas`).
+"""Writes the JSON Schema of every wire model to `schemas/jsonschema/` (`make contract`,
+which also regenerates the rest of docs/contract.md: `metering/contract.py`).
 
-The files are checked in so that clients in other languages can validate events; a test
-fails when they drift from the models.
+The files are checked in so that clients in other languages can validate what they send
+and read; a test fails when they drift from the models.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from schemas.account import ACCOUNT_EVENT_ADAPTER
+from schemas.documents import CreditStatement, Document, IssuedDocumentRecord
+from schemas.outputs import DeadLetter, Notification, PricedUsage
 from schemas.price_book import PriceBookFile
 from schemas.usage import UsageEvent
 
@@ -22,8 +25,16 @@ OUT_DIR = Path(__file__).parent / "jsonschema"
 def generated() -> dict[str, str]:
     """File name → file text, exactly as it should be on disk."""
     adapters: dict[str, TypeAdapter[Any]] = {
+        # Inputs (usage.events.v1, account.events.v1)
         "usage_event.v1.json": TypeAdapter(UsageEvent),
         "account_event.v1.json": ACCOUNT_EVENT_ADAPTER,
+        # Outputs (usage.priced.v1, usage.deadletter.v1, billing.notifications.v1,
+        # billing.documents.v1) and the document files of `billing run`
+        "priced_usage.v1.json": TypeAdapter(PricedUsage),
+        "dead_letter.v1.json": TypeAdapter(DeadLetter),
+        "notification.v1.json": TypeAdapter(Notification),
+        "issued_document.v1.json": TypeAdapter(IssuedDocumentRecord),
+        "document.json": TypeAdapter(CreditStatement | Document),
         "price_book.json": TypeAdapter(PriceBookFile),
     }
     return {

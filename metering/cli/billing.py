@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from metering import logs
 from metering.cli.output import console, fail
 from metering.settings import Settings
 from schemas.money import format_usd
@@ -23,8 +24,14 @@ app = typer.Typer(
 
 
 @app.callback()
-def main() -> None:
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="log everything, the Kafka clients' chatter included"),
+    ] = False,
+) -> None:
     """Billing commands."""
+    logs.configure(verbose)
 
 
 @app.command()

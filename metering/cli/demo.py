@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from confluent_kafka import OFFSET_END, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_END, TopicPartition
 from rich.live import Live
 from rich.table import Table
 
+from metering import kafka_clients
 from metering.api.tokens import issue, load_secret
 from metering.cli.output import console, fail
 from metering.clickhouse.store import StoreInUse
@@ -63,7 +64,7 @@ class OutputTail:
         self.dead: Counter[str] = Counter()
         self.notes: Counter[str] = Counter()
         self._stop = threading.Event()
-        self._consumer = Consumer(
+        self._consumer = kafka_clients.consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
                 "group.id": f"metering-demo-tail-{os.getpid()}",
@@ -351,7 +352,7 @@ def _poison(settings: Settings, run_id: str, org_id: str, user_id: str) -> None:
     """Bad input of several kinds, straight to the topic (the emitter SDK would refuse
     it): malformed JSON, an unknown model, a negative token count, an event from the
     future. Each must be dead-lettered with its reason, never dropped."""
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = kafka_clients.producer({"bootstrap.servers": settings.kafka_bootstrap})
     future = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
     for n in range(POISON):
         event = {

@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from metering import logs
 from metering.cli import deadletter, stack, token
 from metering.cli.dashboard import dashboard
 from metering.cli.demo import demo
@@ -26,15 +27,22 @@ app.command()(rebuild)
 app.command()(dashboard)
 
 
+LOGLEVEL_HELP = "faust's log level (default: warning; info with -v)"
+
+
+def _faust_loglevel(given: str | None) -> str:
+    return given or ("info" if logs.verbose() else "warning")
+
+
 @app.command()
 def worker(
-    loglevel: str = typer.Option("warning", help="faust log level"),
+    loglevel: str | None = typer.Option(None, help=LOGLEVEL_HELP),
 ) -> None:
     """Run the stream processors (account + usage) until stopped."""
     # faust takes a second to import: only this command pays for it.
     from metering.worker import run_worker  # noqa: PLC0415
 
-    run_worker(Settings(), loglevel)
+    run_worker(Settings(), _faust_loglevel(loglevel))
 
 
 @app.command()
@@ -104,7 +112,7 @@ def api(
 
 @app.command()
 def run(
-    loglevel: str = typer.Option("warning", help="faust log level"),
+    loglevel: str | None = typer.Option(None, help=LOGLEVEL_HELP),
 ) -> None:
     """All-in-one: the stream processors (this process) and, in a child process, the
     HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
@@ -115,11 +123,17 @@ def run(
 
     child = spawn_child("api", "--with-sink")
     try:
-        run_worker(Settings().model_copy(update={"sink_in_worker": False}), loglevel)
+        run_worker(
+            Settings().model_copy(update={"sink_in_worker": False}), _faust_loglevel(loglevel)
+        )
     finally:
         stop_child(child)
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="log client chatter")) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR)
+def main(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="log everything, the Kafka clients' chatter included"
+    ),
+) -> None:
+    logs.configure(verbose)

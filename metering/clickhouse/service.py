@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from threading import Event
 
+from metering import logs
 from metering.clickhouse.sink import ClickHouseSink
 from metering.clickhouse.store import Store, StoreInUse
 from metering.metrics import serve as serve_metrics
@@ -74,8 +75,9 @@ def spawn_child(*arguments: str, **env: str) -> subprocess.Popen[bytes]:
     """`metering <arguments>` as a child of this process (same environment, same
     settings, but for the `env` given) that gets SIGTERM when this process dies."""
     command = Path(sys.executable).parent / "metering"
+    verbose = ["--verbose"] if logs.verbose() else []  # as this process was asked
     return subprocess.Popen(
-        [str(command), *arguments],
+        [str(command), *verbose, *arguments],
         preexec_fn=_die_with_parent,  # noqa: PLW1509
         env={**os.environ, **env} if env else None,
     )

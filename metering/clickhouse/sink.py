@@ -31,6 +31,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
 
+from metering import kafka_clients
 from metering.clickhouse.ledger import RESTORE_COLUMNS, LedgerFold
 from metering.clickhouse.migrations import migrate
 from metering.clickhouse.rows import (
@@ -101,7 +102,7 @@ class ClickHouseSink:
         self._topics = settings.topics
         self._ledger = LedgerFold(settings.load_price_book())
         self._publisher = Publisher(settings.kafka_bootstrap)
-        self._consumer = Consumer(
+        self._consumer = kafka_clients.consumer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
                 "group.id": settings.sink_group_id,
@@ -110,8 +111,7 @@ class ClickHouseSink:
                 "session.timeout.ms": 10_000,
                 "heartbeat.interval.ms": 2_000,
                 "max.poll.interval.ms": 300_000,
-            },
-            logger=logging.getLogger("metering.kafka"),
+            }
         )
         self._pending: list[SourceRecord] = []
         self._batch_started = 0.0

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from threading import Event
 
+from metering.clickhouse.migrations import migrate
 from metering.clickhouse.service import start_sink_thread
 from metering.clickhouse.store import Store
 from metering.settings import Settings
@@ -25,6 +26,9 @@ def store_with_sink(settings: Settings) -> Iterator[Store]:
     store = Store(settings.resolved_clickhouse_url)
     stop = Event()
     try:
+        # The sink migrates the store too, but on its own thread: a batch on a store
+        # nothing has written to yet would query tables that do not exist yet.
+        migrate(store)
         thread = start_sink_thread(settings, store, stop)
         try:
             yield store

@@ -5,12 +5,12 @@ a replay of the log puts every later event in the same place again (G3, G5)."""
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
 
+from metering import kafka_clients
 from metering.settings import Settings
 
 
@@ -28,13 +28,12 @@ class SinkBehind(TimeoutError):
 
 def _probe(settings: Settings, group_id: str | None = None) -> Consumer:
     # Never subscribes: it only reads the group's committed offsets and the topic ends.
-    return Consumer(
+    return kafka_clients.consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
             "group.id": group_id or settings.sink_group_id,
             "enable.auto.commit": False,
-        },
-        logger=logging.getLogger("metering.kafka"),
+        }
     )
 
 

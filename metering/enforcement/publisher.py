@@ -17,13 +17,13 @@ Two ways in:
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import Generator, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
+from metering import kafka_clients
 from metering.emitter import producer_config
 from metering.enforcement.records import OutputMessage
 
@@ -91,9 +91,7 @@ class Delivery:
 
 class Publisher:
     def __init__(self, bootstrap: str) -> None:
-        self._producer = Producer(
-            producer_config(bootstrap), logger=logging.getLogger("metering.kafka")
-        )
+        self._producer = kafka_clients.producer(producer_config(bootstrap))
         self._outstanding: set[Delivery] = set()
         self._poller: asyncio.Task[None] | None = None
 

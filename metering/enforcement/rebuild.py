@@ -17,9 +17,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from redis.asyncio import Redis
 
+from metering import kafka_clients
 from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.notify import Mark, queue_marks
@@ -45,7 +46,7 @@ def read_topic(bootstrap: str, topic: str) -> Iterator[list[SourceRecord]]:
     """Every record on `topic` up to the end it had when reading started, in batches,
     in offset order per partition."""
     partitions = admin_client(bootstrap).list_topics(topic, timeout=10).topics[topic].partitions
-    consumer = Consumer(
+    consumer = kafka_clients.consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": "metering-rebuild",

@@ -11,8 +11,7 @@ import base64
 from collections import Counter
 from dataclasses import dataclass, field
 
-from confluent_kafka import Producer
-
+from metering import kafka_clients
 from metering.emitter import producer_config
 from metering.enforcement.rebuild import read_topic
 from metering.settings import Settings
@@ -28,7 +27,7 @@ class RedriveReport:
 def redrive(settings: Settings, reasons: set[str], dry_run: bool = False) -> RedriveReport:
     report = RedriveReport()
     inputs = {settings.topics.usage_events, settings.topics.account_events}
-    producer = Producer(producer_config(settings.kafka_bootstrap))
+    producer = kafka_clients.producer(producer_config(settings.kafka_bootstrap))
     for batch in read_topic(settings.kafka_bootstrap, settings.topics.usage_deadletter):
         for record in batch:
             report.scanned += 1
