@@ -8,12 +8,15 @@ re-derived from the outcome recorded per event_id.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from time import perf_counter
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from billing.accounts import OrgAccount, Rejected, apply_account_event
 from billing.notifications import SpendSnapshot, UserSpend, due_stops_and_resumes, due_thresholds
@@ -33,12 +36,22 @@ from schemas.account import AccountEvent, CreditsPurchased
 from schemas.validation import InvalidEvent, Reason, parse_account_event
 
 ACCEPTED = "ok"
+log = logging.getLogger("metering.worker")
 
 
 @dataclass(frozen=True)
 class _Parsed:
     record: SourceRecord
     event: AccountEvent
+
+
+def _merge(into: BatchResult, part: BatchResult) -> None:
+    into.outputs += part.outputs
+    into.marks += part.marks
+    into.accepted += part.accepted
+    into.duplicates += part.duplicates
+    for reason, count in part.dead_letter_reasons.items():
+        into.dead_letter_reasons[reason] += count
 
 
 def _flat(fields: dict[str, str]) -> list[str]:
@@ -74,6 +87,7 @@ class AccountProcessor(BatchProcessor):
 
         write = self._redis.pipeline(transaction=False)
         changed: dict[str, tuple[OrgAccount, SourceRecord]] = {}
+        written: list[tuple[list[_Parsed], int, BatchResult]] = []
         for index, ((org_id, partition), parsed) in enumerate(ordered):
             raw_state, raw_offset, raw_marks = loaded[3 * index : 3 * index + 3]
             state = decode_account(raw_state)
@@ -85,6 +99,7 @@ class AccountProcessor(BatchProcessor):
             }
             new_marks: dict[str, str] = {}
             balance_delta = 0
+            group = BatchResult()  # this org's outcomes: kept once Redis has its state
             for item in parsed:
                 state, delta = self._fold_one(
                     item,
@@ -92,7 +107,7 @@ class AccountProcessor(BatchProcessor):
                     stored_offset=stored_offset,
                     marks=marks,
                     new_marks=new_marks,
-                    result=result,
+                    result=group,
                 )
                 balance_delta += delta
             last_offset = parsed[-1].record.offset
@@ -109,11 +124,43 @@ class AccountProcessor(BatchProcessor):
                     keys=[OrgKeys(self._prefix, org_id).base], args=args, client=write
                 )
                 changed[org_id] = (state, parsed[-1].record)
+                written.append((parsed, stored_offset, group))
+            else:
+                _merge(result, group)
         started = perf_counter()
-        await write.execute()
+        replies = await write.execute(raise_on_error=False)
         REDIS_APPLY_ACCOUNTS.observe(perf_counter() - started)
+        for (parsed, stored_offset, group), reply in zip(written, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                self._refused_by_redis(parsed, stored_offset, reply, result, changed)
+            else:
+                _merge(result, group)
         await self._reevaluate(changed, result)
         return result
+
+    def _refused_by_redis(
+        self,
+        parsed: list[_Parsed],
+        stored_offset: int,
+        error: ResponseError,
+        result: BatchResult,
+        changed: dict[str, tuple[OrgAccount, SourceRecord]],
+    ) -> None:
+        """The script checks everything before its first write, so nothing of this org's
+        batch is in Redis: its new events are dead-lettered, rather than the worker
+        stopping for every org (issue 20)."""
+        org_id = parsed[0].event.org_id
+        log.error("account script failed for %s: %s", org_id, error)
+        del changed[org_id]
+        for item in parsed:
+            if item.record.offset > stored_offset:
+                self._reject(
+                    result,
+                    item.record,
+                    Reason.ENFORCEMENT_FAILED.value,
+                    f"Redis refused the account script: {str(error)[:200]}",
+                    item.event.event_id,
+                )
 
     def _fold_one(
         self,
