@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     # Prometheus metrics of `metering worker` / `metering sink` on this port (0: off); the
     # sink child of a worker uses the next one. The API serves them on its own /metrics.
     metrics_port: int = Field(default=9400, ge=0, le=65534)
+    # The address they are served on: loopback unless set (e.g. 0.0.0.0 in a container,
+    # for a Prometheus on its network). The API's /metrics follows the API's --host.
+    metrics_host: str = "127.0.0.1"
+    # `metering run` restarts a child that died after this many seconds, doubling up to
+    # 60 s while it keeps dying within a minute of its start.
+    child_restart_backoff_s: float = Field(default=1.0, gt=0, le=60)
     # Fault injection for the crash tests only: exit after this many stored batches,
     # between the insert and the offset commit (0: never).
     sink_exit_after_batches: int = 0

@@ -108,16 +108,18 @@ def run(
 ) -> None:
     """All-in-one: the stream processors (this process) and, in a child process, the
     HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
-    embedded store)."""
-    from metering.clickhouse.service import spawn_child  # noqa: PLC0415
-    from metering.stack.process import stop_child  # noqa: PLC0415
+    embedded store). A child that dies is restarted, with back-off, and logged."""
+    from metering.cli.supervisor import Supervisor  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
 
-    child = spawn_child("api", "--with-sink")
+    settings = Settings()
+    api_child = Supervisor(
+        "api", "api", "--with-sink", backoff_s=settings.child_restart_backoff_s
+    ).start()
     try:
-        run_worker(Settings().model_copy(update={"sink_in_worker": False}), loglevel)
+        run_worker(settings.model_copy(update={"sink_in_worker": False}), loglevel)
     finally:
-        stop_child(child)
+        api_child.stop()
 
 
 @app.callback()
