@@ -12,6 +12,8 @@ from billing.pricing import PriceBook, default_price_book_text
 from metering.topics import TopicNames
 from schemas.money import parse_usd
 
+MAX_TOKEN_TTL_HOURS = 90 * 24  # 90 days (docs/decisions.md › HTTP API)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="METERING_", frozen=True)
@@ -22,9 +24,25 @@ class Settings(BaseSettings):
     clickhouse_url: str = ""
     http_port: int = 8080
     # HTTP API tokens: the HS256 signing secret (default: a random one kept in
-    # var/api-secret, for local use) and how long `metering token issue` tokens last.
+    # var/api-secret, for local use) and how long `metering token issue` tokens last
+    # (at most MAX_TOKEN_TTL_HOURS: longer-lived tokens are refused when presented).
     api_secret: str = ""
-    token_ttl_hours: float = Field(default=24.0, gt=0)
+    token_ttl_hours: float = Field(default=24.0, gt=0, le=MAX_TOKEN_TTL_HOURS)
+    # Limits of the HTTP API's server (docs/operations.md › Limits). The largest request
+    # body is ~250 bytes (a purchase with a 128-character id), the largest headers a
+    # bearer token (~300 bytes) and an Idempotency-Key (200).
+    http_max_body_bytes: int = Field(default=4096, ge=256)
+    http_max_header_bytes: int = Field(default=16384, ge=1024)  # request line + headers
+    http_max_headers: int = Field(default=64, ge=8)
+    http_header_timeout_s: float = Field(default=10.0, gt=0)  # connection → headers complete
+    http_body_timeout_s: float = Field(default=10.0, gt=0)  # headers → body complete
+    # Connections and requests at once, per API process; beyond it a request gets 503.
+    http_max_concurrency: int = Field(default=1000, ge=1)
+    # How long a write waits for Kafka to confirm its account event before answering 503.
+    http_write_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # The interactive documentation (/docs, /redoc) and /openapi.json; off in production
+    # if the API should not describe itself to the internet.
+    api_docs: bool = True
     price_book: Path | None = Field(
         default=None, description="a price-book JSON file; default: the one shipped"
     )

@@ -67,13 +67,17 @@ def api(
     """Serve the HTTP API (gate, usage, owner controls, Usage page) until stopped."""
     import threading  # noqa: PLC0415
 
-    import uvicorn  # noqa: PLC0415
-
     from metering.api.app import create_api  # noqa: PLC0415
+    from metering.api.server import serve  # noqa: PLC0415
+    from metering.api.tokens import load_secret  # noqa: PLC0415
     from metering.clickhouse.service import start_sink_thread  # noqa: PLC0415
     from metering.clickhouse.store import Store, StoreInUse  # noqa: PLC0415
 
     settings = Settings()
+    try:
+        load_secret(settings.api_secret, settings.var_dir)  # a weak secret: refuse to start
+    except ValueError as exc:
+        fail(str(exc))
     try:
         store: Store | None = Store(settings.resolved_clickhouse_url)
     except StoreInUse as exc:
@@ -88,12 +92,7 @@ def api(
 
         start_nightly_billing(settings, store, stop)
     try:
-        uvicorn.run(
-            create_api(settings, store=store),
-            host=host,
-            port=port or settings.http_port,
-            log_level="warning",
-        )
+        serve(create_api(settings, store=store), settings, host, port or settings.http_port)
     finally:
         stop.set()
         if sink is not None:
