@@ -36,7 +36,7 @@ from tests.security.conftest import (
     wait_gate,
 )
 
-pytestmark = pytest.mark.stack
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 ORG = "org_big"
 BASE = f"/v1/orgs/{ORG}"
