@@ -65,6 +65,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._reading_headers = True  # from the connection (or a request's first byte)
+        self._request_started = False  # a byte of the request arrived (it is not idle)
         self._header_bytes = 0
         self._header_count = 0
         self._too_large: str | None = None  # why the headers are refused, once known
@@ -101,6 +102,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._reading_headers = True
+        self._request_started = True
         self._header_count = 0
         if self._header_timer is None:  # a later request on a kept-alive connection
             self._header_bytes = 0
@@ -117,6 +119,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
+        self._request_started = False
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
@@ -153,7 +156,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._header_timer = None
         if not self._reading_headers or self.transport.is_closing():
             return
-        if self._header_bytes == 0:
+        if not self._request_started:
             self.transport.close()  # never said a word: nothing to answer
         else:
             self._refuse(

@@ -108,10 +108,15 @@ def run(
     """All-in-one: the stream processors (this process) and, in a child process, the
     HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
     embedded store). A child that dies is restarted, with back-off, and logged."""
+    from metering.api.tokens import load_secret  # noqa: PLC0415
     from metering.cli.supervisor import Supervisor  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
 
     settings = Settings()
+    try:  # the API child would refuse it, again and again: say so once, here
+        load_secret(settings.api_secret, settings.var_dir)
+    except ValueError as exc:
+        fail(str(exc))
     api_child = Supervisor(
         "api", "api", "--with-sink", backoff_s=settings.child_restart_backoff_s
     ).start()

@@ -177,10 +177,11 @@ def new_private_pipeline(stack: RunningStack, log_dir: Path) -> Pipeline:
     return pipeline
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def service(stack: RunningStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`metering run` with two self-serve orgs: ORG (owner, members u1, u2; $100 of
-    credits) and OTHER_ORG (its own owner)."""
+    credits) and OTHER_ORG (its own owner). One for the suite: the tests use their own
+    purchase ids, keys and service names, and the limits tests change nothing."""
     pipeline = new_private_pipeline(stack, tmp_path_factory.mktemp("security"))
     server = start(pipeline, "run")
     pipeline.process = server.process  # stopped by cleanup() whatever happens

@@ -4,6 +4,7 @@ token issued a few seconds "in the future" by a skewed clock is accepted."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,22 +22,26 @@ pytestmark = pytest.mark.stack
 GATE = f"/v1/orgs/{ORG}/members/u1/authorization?surface=chat_web"
 
 
-def test_a_short_secret_file_is_refused_at_start(service: Server, tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["api", "run"])
+def test_a_short_secret_file_is_refused_at_start(
+    service: Server, tmp_path: Path, command: str
+) -> None:
     (tmp_path / "api-secret").write_text("x")
-    server = start(service.pipeline, "api", METERING_API_SECRET="", METERING_VAR_DIR=str(tmp_path))
+    server = start(
+        service.pipeline, command, METERING_API_SECRET="", METERING_VAR_DIR=str(tmp_path)
+    )
     try:
         code = server.process.wait(timeout=60)
-    except Exception:
-        forged = jwt.encode(
-            {"iss": ISSUER, "iat": int(time.time()), "exp": int(time.time()) + 60, "svc": "x"},
-            "x",
-            algorithm=ALGORITHM,
-        )
+    except subprocess.TimeoutExpired:
         server.stop()
-        raise AssertionError(f"the API started on a 1-character secret ({forged[:20]}…)") from None
+        raise AssertionError(f"metering {command} started on a 1-character secret") from None
     assert code != 0
-    log = service.pipeline.log_path.read_text()
-    assert "at least 32 characters" in log
+    assert "at least 32 characters" in service.pipeline.log_path.read_text()
+    # ... and no token is issued with it either
+    issued = run_metering(
+        "token", "issue", "--service", "svc", METERING_API_SECRET="", METERING_VAR_DIR=str(tmp_path)
+    )
+    assert issued.returncode != 0 and "at least 32 characters" in issued.stderr
 
 
 def _secret_dir(tmp_path: Path) -> dict[str, str]:
