@@ -32,6 +32,7 @@ class AccountRejection(StrEnum):
     RENEWAL_NOT_LATER = "renewal_not_later"
     NOT_SEAT_BASED = "not_seat_based"
     NO_PRICE_IN_FORCE = "no_price_in_force"  # the price book has no seat price for the day
+    BALANCE_LIMIT_EXCEEDED = "balance_limit_exceeded"  # credits ever bought > MAX_TOTAL_NANO_USD
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from schemas.account import (
     SeatType,
     SpendCapSet,
 )
+from schemas.money import MAX_TOTAL_NANO_USD, format_usd
 
 __all__ = [
     "MONEY_ROLES",
@@ -285,6 +286,14 @@ def _purchase(state: OrgAccount, event: CreditsPurchased) -> OrgAccount | Reject
         return Rejected(
             AccountRejection.DUPLICATE_PURCHASE,
             f"purchase {event.data.purchase_id} was already credited",
+        )
+    # Bounded so the balance can never leave 64 bits (docs/decisions.md › Money bounds).
+    bought = sum(state.purchases.values())
+    if bought + event.data.amount > MAX_TOTAL_NANO_USD:
+        return Rejected(
+            AccountRejection.BALANCE_LIMIT_EXCEEDED,
+            f"credits bought would exceed {format_usd(MAX_TOTAL_NANO_USD)} USD "
+            f"({format_usd(bought)} bought so far)",
         )
     return replace(state, purchases={**state.purchases, event.data.purchase_id: event.data.amount})
 

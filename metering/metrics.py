@@ -211,14 +211,16 @@ def record_worker_batch(processor: str, result: BatchResult) -> None:
             WORKER_RESUMES.labels(reason).inc(count)
 
 
-def serve(port: int, what: str) -> bool:
-    """Serve this process's metrics on `port` (all interfaces) from a daemon thread; 0
-    disables. A port already in use is logged and skipped, never fatal: metrics must not
-    stop a worker (e.g. several on one machine with the same setting)."""
+def serve(port: int, what: str, host: str = "127.0.0.1") -> bool:
+    """Serve this process's metrics on `host`:`port` from a daemon thread; 0 disables.
+    Loopback unless told otherwise (METERING_METRICS_HOST): metrics carry no secret, but
+    nothing outside the machine should reach a port nobody decided to expose. A port
+    already in use is logged and skipped, never fatal: metrics must not stop a worker
+    (e.g. several on one machine with the same setting)."""
     if not port:
         return False
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
         log.error(
             "%s: cannot serve metrics on port %d (%s); set METERING_METRICS_PORT to a free "

@@ -11,6 +11,8 @@ from billing.pricing import PriceBook, default_price_book_text
 from metering.topics import TopicNames
 from schemas.money import parse_usd
 
+MAX_TOKEN_TTL_HOURS = 90 * 24  # 90 days (docs/decisions.md › HTTP API)
+
 
 class Settings(BaseSettings):
     """Every setting, with the description and default the documentation shows: README ›
@@ -36,7 +38,8 @@ class Settings(BaseSettings):
     )
     http_port: int = Field(default=8080, description="HTTP API port")
     # HTTP API tokens: the HS256 signing secret (default: a random one kept in
-    # var/api-secret, for local use) and how long `metering token issue` tokens last.
+    # var/api-secret, for local use) and how long `metering token issue` tokens last
+    # (at most MAX_TOKEN_TTL_HOURS: longer-lived tokens are refused when presented).
     api_secret: str = Field(
         default="",
         description="HS256 secret of API tokens (≥ 32 characters); set it in production, "
@@ -44,7 +47,45 @@ class Settings(BaseSettings):
         json_schema_extra={"shown": "a random secret in `var/api-secret`"},
     )
     token_ttl_hours: float = Field(
-        default=24.0, gt=0, description="lifetime of tokens from `metering token issue`"
+        default=24.0,
+        gt=0,
+        le=MAX_TOKEN_TTL_HOURS,
+        description="lifetime of tokens from `metering token issue` (at most 2160: 90 days)",
+    )
+    # Limits of the HTTP API's server (docs/operations.md › Limits). The largest request
+    # body is ~250 bytes (a purchase with a 128-character id), the largest headers a
+    # bearer token (~300 bytes) and an Idempotency-Key (200).
+    http_max_body_bytes: int = Field(
+        default=4096, ge=256, description="largest request body the API reads (413 beyond)"
+    )
+    http_max_header_bytes: int = Field(
+        default=16384, ge=1024, description="largest request line + headers (431 beyond)"
+    )
+    http_max_headers: int = Field(
+        default=64, ge=8, description="most headers in one request (431 beyond)"
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="from connection to complete headers (408 beyond)"
+    )
+    http_body_timeout_s: float = Field(
+        default=10.0, gt=0, description="from headers to complete body (408 beyond)"
+    )
+    http_max_concurrency: int = Field(
+        default=1000,
+        ge=1,
+        description="connections and requests at once per API process (503 beyond)",
+    )
+    http_write_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="how long a write waits for Kafka to confirm its account event before "
+        "answering 503",
+    )
+    api_docs: bool = Field(
+        default=True,
+        description="serve `/docs`, `/redoc` and `/openapi.json` (off in production if the API "
+        "should not describe itself to the internet)",
     )
     price_book: Path | None = Field(
         default=None,
@@ -126,9 +167,22 @@ class Settings(BaseSettings):
         ge=0,
         le=65534,
         description="port on which `metering worker` and `metering sink` serve Prometheus "
-        "metrics (`http://HOST:PORT/metrics`, all interfaces); the sink child of "
+        "metrics (`http://HOST:PORT/metrics`, on METERING_METRICS_HOST); the sink child of "
         "`metering worker` uses the next port (9401); `0` disables. A port in use is logged, "
         "not fatal. The API serves its metrics on its own `/metrics` (README › Metrics)",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="address the worker's and the sink's metrics are served on: loopback "
+        "unless set (e.g. `0.0.0.0` in a container, for a Prometheus on its network); the "
+        "API's `/metrics` follows the API's `--host`",
+    )
+    child_restart_backoff_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="`metering run` restarts a child that died after this many seconds, "
+        "doubling up to 60 s while it keeps dying within a minute of its start",
     )
     # Fault injection for the crash tests only: exit after this many stored batches,
     # between the insert and the offset commit (0: never).

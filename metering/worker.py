@@ -520,7 +520,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     sink = spawn_sink_child(sink_metrics_port(settings)) if settings.sink_in_worker else None
     # Metrics on METERING_METRICS_PORT (after the fork: the server is a thread); the sink
     # child serves its own on the next port (docs/decisions.md › Metrics).
-    serve(settings.metrics_port, "metering worker")
+    serve(settings.metrics_port, "metering worker", settings.metrics_host)
     try:
         app = create_app(settings)
         Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -8,7 +8,6 @@ because `0.1` has already lost precision by the time a parser hands it to us.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
 from typing import Annotated
 
 from pydantic import (
@@ -22,18 +21,45 @@ from pydantic_core import PydanticCustomError
 
 NANOS_PER_USD = 1_000_000_000
 
-# Up to a trillion dollars with nano precision; a longer string is a mistake, not money.
-MONEY_PATTERN = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,9})?$"
-_MONEY_RE = re.compile(MONEY_PATTERN)
+# Bounds (docs/decisions.md › Money bounds). Every store of money is 64-bit: Redis
+# counters (INCRBY), ClickHouse Int64 columns, Kafka consumers in other languages; a
+# signed 64-bit integer holds ±9.22 × 10^18 nano-dollars (±$9.2 billion). Amounts and
+# totals are held an order of magnitude below that, so no sum we make can wrap:
+MAX_AMOUNT_NANO_USD = 10**18
+"""Any one amount: a credit purchase, a spend cap, a price-book rate or fee
+($1,000,000,000.00)."""
+MAX_TOTAL_NANO_USD = 10**18
+"""Any accumulated amount: the credits an org ever bought (refused beyond it:
+`balance_limit_exceeded`), a month's spend of an org or a member, and the size of a
+balance either way (usage beyond it: `amount_out_of_range`)."""
+MAX_EVENT_COST_NANO_USD = 10**15
+"""One usage event ($1,000,000; the default price book's dearest event costs ~$1,100):
+below 2^53, so the Lua scripts' per-event arithmetic on doubles stays exact."""
+MAX_AMOUNT_TEXT = "1000000000.00"
+
+# Up to MAX_AMOUNT_NANO_USD with nano precision: nine integer digits, or exactly 10^9.
+MONEY_PATTERN = r"^(?:(?:0|[1-9][0-9]{0,8})(?:\.[0-9]{1,9})?|1000000000(?:\.0{1,9})?)$"
+# What looks like money at all (checked first, so an amount over the bound is told so).
+_MONEY_RE = re.compile(r"(0|[1-9][0-9]{0,29})(\.[0-9]{1,9})?")
+
+
+class MoneyOutOfRange(ValueError):
+    """A well-formed amount above MAX_AMOUNT_NANO_USD."""
 
 
 def parse_usd(text: str) -> int:
     """`"12.5"` → 12_500_000_000. Raises ValueError for anything that is not a plain
-    non-negative decimal string with at most nine decimals."""
+    non-negative decimal string with at most nine decimals, and `MoneyOutOfRange` (a
+    ValueError) for one above MAX_AMOUNT_NANO_USD."""
     # fullmatch: `$` alone would accept a trailing newline ("5\n").
     if not isinstance(text, str) or not _MONEY_RE.fullmatch(text):
-        raise ValueError(f"not a decimal money string: {text!r}")
-    return int(Decimal(text) * NANOS_PER_USD)
+        shown = text[:40] if isinstance(text, str) else text
+        raise ValueError(f"not a decimal money string: {shown!r}")
+    whole, _, frac = text.partition(".")
+    nano = int(whole) * NANOS_PER_USD + int(frac.ljust(9, "0"))
+    if nano > MAX_AMOUNT_NANO_USD:
+        raise MoneyOutOfRange(f"more than {MAX_AMOUNT_TEXT} USD: {text[:40]}")
+    return nano
 
 
 def format_usd(nano_usd: int) -> str:
@@ -51,6 +77,10 @@ def _money_before(value: object, info: ValidationInfo) -> int:
     if info.mode == "python" and isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise PydanticCustomError("invalid_money", "money must not be negative")
+        if value > MAX_AMOUNT_NANO_USD:
+            raise PydanticCustomError(
+                "invalid_money", "money must be at most {bound} USD", {"bound": MAX_AMOUNT_TEXT}
+            )
         return value
     return _money_string(value)
 
@@ -64,6 +94,12 @@ def _money_string(value: object) -> int:
         )
     try:
         return parse_usd(value)
+    except MoneyOutOfRange:
+        raise PydanticCustomError(
+            "invalid_money",
+            "money must be at most {bound} USD, got '{value}'",
+            {"bound": MAX_AMOUNT_TEXT, "value": value[:40]},
+        ) from None
     except ValueError:
         raise PydanticCustomError(
             "invalid_money",
@@ -105,7 +141,9 @@ def _amount_out(value: object, info: ValidationInfo) -> int:
     if info.mode == "python" and isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _SIGNED_MONEY_RE.fullmatch(value):
-        return int(Decimal(value) * NANOS_PER_USD)
+        sign, digits = (-1, value[1:]) if value.startswith("-") else (1, value)
+        whole, _, frac = digits.partition(".")
+        return sign * (int(whole) * NANOS_PER_USD + int(frac.ljust(9, "0")))
     raise PydanticCustomError(
         "invalid_money",
         'money must be a decimal string such as "-12.50", got {got}',

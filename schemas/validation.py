@@ -49,6 +49,15 @@ class Reason(StrEnum):
     EVENT_ID_CONFLICT = "event_id_conflict"  # same event_id, different payload (processor)
     INVALID_PRICED_RECORD = "invalid_priced_record"  # usage.priced.v1 not written by us (sink)
     INVALID_DOCUMENT_RECORD = "invalid_document_record"  # billing.documents.v1 likewise
+    # A counter would pass its bound (schemas.money), or one event costs more than one may
+    # (usage processor); nothing was counted.
+    AMOUNT_OUT_OF_RANGE = "amount_out_of_range"
+    # Redis refused the enforcement script for this record (e.g. a key of the wrong type);
+    # nothing was counted, the rest of the batch went on (usage processor).
+    ENFORCEMENT_FAILED = "enforcement_failed"
+    # ClickHouse (or its client) refused this record's row; the rest of the batch is
+    # stored (sink).
+    UNSTORABLE_RECORD = "unstorable_record"
 
 
 class InvalidEvent(ValueError):

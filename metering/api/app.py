@@ -8,9 +8,10 @@ the body (422, FastAPI's field-level `detail`). Writes append the matching accou
 event with the caller as `actor` and return once the broker has it (202); a change the
 account rules would refuse (e.g. a self-serve seat removal mid-term, R5) is 409 and
 appends nothing. A write sent with an `Idempotency-Key` header is applied once however
-often it is retried with that key: the first request's event is remembered (Redis, 7
-days) and a retry re-sends exactly that event, which the account processor recognises as
-a duplicate.
+often it is retried with that key: the first request's event is remembered (Redis, as
+long as the account event ids) and a retry re-sends exactly that event, which the account
+processor recognises as a duplicate. A write Kafka does not confirm within
+METERING_HTTP_WRITE_TIMEOUT_S answers 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from confluent_kafka import KafkaException
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 
@@ -47,17 +53,19 @@ from metering.api.models import (
     SeatHolding,
     UsageResponse,
 )
+from metering.api.revocations import Revocations
 from metering.api.tokens import Caller, InvalidToken, load_secret, verify
 from metering.api.usage_view import OrgUsage, UnknownOrg, load_usage
 from metering.clickhouse.store import Store
 from metering.emitter import Emitter
+from metering.enforcement.account_processor import ACCEPTED
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.records import month_of
 from metering.enforcement.state_codec import decode_account, decode_member
 from metering.gate import Gate, UnknownOrgError
 from metering.metrics import GATE_DECISIONS
 from metering.settings import Settings
-from schemas.account import Role
+from schemas.account import AccountEvent, Role
 from schemas.common import ID_PATTERN
 from schemas.money import format_usd
 from schemas.usage import Surface
@@ -75,16 +83,70 @@ IdempotencyKey = Annotated[
         max_length=200,
         pattern=r"^[\x21-\x7e]+$",  # printable ASCII, no spaces
         description="makes a retried write apply once: same key (per org and caller) → "
-        "the first request's event is re-sent, never a second change; kept 7 days",
+        "the first request's event is re-sent, never a second change; kept as long as "
+        "the account events themselves",
     ),
 ]
-IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 ERRORS: dict[int | str, dict[str, Any]] = {
     # 400: a body that is not UTF-8 (FastAPI: "There was an error parsing the body").
-    **{code: {"model": Problem} for code in (400, 401, 403, 404, 409)},
+    # 413: a body over METERING_HTTP_MAX_BODY_BYTES. 503: Kafka did not confirm a write
+    # in time (with Retry-After), or a preview without ClickHouse.
+    **{code: {"model": Problem} for code in (400, 401, 403, 404, 409, 413, 503)},
     422: {"model": Invalid},
 }
-router = APIRouter()
+RETRY_AFTER_S = 5
+# An invalid input is echoed in a 422 only this far (a 16 MB field must not come back).
+ECHO_CHARS = 64
+
+
+class _JSONDecodeError(json.JSONDecodeError):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    # json.loads takes NaN, Infinity and -Infinity, which JSON does not have: a response
+    # echoing them cannot even be encoded (it was a plain-text 500).
+    raise _JSONDecodeError(f"{name} is not valid JSON", name, 0)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # 1e400
+        raise _JSONDecodeError("number out of range", text[:ECHO_CHARS], 0)
+    return value
+
+
+class _StrictJSONRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = json.loads(
+                    body, parse_constant=_refuse_constant, parse_float=_finite_float
+                )
+            except ValueError as exc:
+                if isinstance(exc, json.JSONDecodeError):
+                    raise
+                # e.g. an integer of more than 4,300 digits: invalid JSON too, not a 400
+                raise _JSONDecodeError(str(exc), "", 0) from None
+        return self._json
+
+
+class StrictJSONRoute(APIRoute):
+    """Request bodies parsed as strict JSON: NaN, Infinity and overflowing numbers are
+    invalid JSON (FastAPI's 422 `json_invalid`)."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def strict(request: Request) -> Response:
+            response: Response = await handler(_StrictJSONRequest(request.scope, request.receive))
+            return response
+
+        return strict
+
+
+router = APIRouter(route_class=StrictJSONRoute)
 bearer = HTTPBearer(auto_error=False, description="a token from `metering token issue`")
 
 
@@ -98,6 +160,7 @@ class Services:
     emitter: Emitter
     clock: Clock
     store: Store | None
+    revocations: Revocations
 
     @property
     def prefix(self) -> str:
@@ -127,7 +190,12 @@ def create_api(
         client = Redis.from_url(settings.redis_url)
         book = settings.load_price_book()
         emitter = Emitter(
-            settings.kafka_bootstrap, account_topic=settings.topics.account_events, clock=clock
+            settings.kafka_bootstrap,
+            account_topic=settings.topics.account_events,
+            clock=clock,
+            # A write waits this long for the broker and then answers 503; the producer
+            # gives the event up by then too, rather than delivering it minutes later.
+            producer_overrides={"message.timeout.ms": int(settings.http_write_timeout_s * 1000)},
         )
         app.state.services = Services(
             settings=settings,
@@ -138,6 +206,7 @@ def create_api(
             emitter=emitter,
             clock=clock,
             store=store,
+            revocations=Revocations(client, settings.redis_prefix),
         )
         stop = threading.Event()
         poller = threading.Thread(target=_poll, args=(emitter, stop), daemon=True)
@@ -150,6 +219,7 @@ def create_api(
             emitter.flush(10)
             await client.aclose()
 
+    docs = settings.api_docs
     app = FastAPI(
         title="Usage metering API",
         version="1",
@@ -157,7 +227,15 @@ def create_api(
         "`metering token issue`.",
         lifespan=lifespan,
         responses=ERRORS,
+        # 413 for a body over the limit as it is read (one without Content-Length; the
+        # server refuses a Content-Length over it before the app runs: api/server.py).
+        max_body_size=settings.http_max_body_bytes,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
+    app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(Exception, _internal_error)
     from metering.api.page import page_router  # noqa: PLC0415 - page.py imports this module
 
     app.include_router(router)
@@ -165,6 +243,37 @@ def create_api(
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestMetrics)
     return app
+
+
+def _short(value: Any) -> Any:
+    """An input as echoed in a 422: scalars as they are, anything longer than
+    ECHO_CHARS characters (as JSON) cut to a prefix."""
+    if isinstance(value, bool | int | float) or value is None:
+        text = json.dumps(value)
+        return value if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…"
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    if len(text) <= ECHO_CHARS:
+        return value
+    return text[:ECHO_CHARS] + "…"
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's field-level 422, with every echoed input and context value cut short."""
+    assert isinstance(exc, RequestValidationError)
+    errors = []
+    for error in jsonable_encoder(exc.errors()):
+        if "input" in error:
+            error["input"] = _short(error["input"])
+        if isinstance(error.get("ctx"), dict):
+            error["ctx"] = {name: _short(value) for name, value in error["ctx"].items()}
+        errors.append(error)
+    return JSONResponse(status_code=422, content={"detail": errors})
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Whatever went wrong, the answer is JSON like every other (the exception is
+    logged by the server)."""
+    return JSONResponse(status_code=500, content={"detail": "internal error"})
 
 
 def services(request: Request) -> Services:
@@ -193,7 +302,12 @@ async def _caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    return caller(request, credentials)
+    who = caller(request, credentials)
+    if who.service is not None and await services(request).revocations.is_revoked(
+        who.service, who.issued_at
+    ):
+        raise HTTPException(401, "token revoked", {"WWW-Authenticate": "Bearer"})
+    return who
 
 
 # Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
@@ -232,6 +346,16 @@ async def owner(svc: Services, who: Caller, org_id: str) -> Role:
     return role
 
 
+async def _owner(org_id: OrgId, svc: Svc, who: Who) -> Role:
+    return await owner(svc, who, org_id)
+
+
+# A dependency, not a call in the handler: FastAPI reports an invalid body only after
+# the dependencies ran, so a caller of another org, or a member, gets 403 whatever the
+# body — and learns nothing about its field rules.
+OwnerRole = Annotated[Role, Depends(_owner)]
+
+
 async def append(
     svc: Services,
     who: Caller,
@@ -250,11 +374,30 @@ async def append(
     remembered = None
     if idempotency_key is not None:
         proof = f"{org_id}\n{who.user_id}\n{idempotency_key}".encode()
-        event_id = f"api-{hashlib.sha256(proof).hexdigest()[:32]}"
-        remembered = keys.idempotent_request(event_id)
-        first = await svc.redis.get(remembered)
+        key_id = f"api-{hashlib.sha256(proof).hexdigest()[:32]}"
+        # The event id comes from the key *and* the change: the same request is always
+        # the same event, another change under the key another event — so even a key
+        # Redis no longer remembers can never answer 202 for an event the processor
+        # then finds with another payload (event_id_conflict).
+        change = json.dumps([kind, data], sort_keys=True).encode()
+        digest = hashlib.sha256(b"\n".join((proof, change))).hexdigest()
+        event_id = f"api-{digest[:32]}"
+        remembered = keys.idempotent_request(key_id)
+        pipe = svc.redis.pipeline(transaction=False)
+        pipe.get(remembered)
+        pipe.hget(keys.account_ids, event_id)
+        pipe.hget(keys.account_ids, key_id)  # the key's event id before issue 20
+        first, applied, legacy = await pipe.execute()
         if first is not None:
             return await _resend(svc, json.loads(first), kind, data)
+        if applied is not None:
+            return _applied_before(event_id, kind, applied)
+        if legacy is not None:
+            raise HTTPException(
+                422,
+                "idempotency_key_reused: this Idempotency-Key was used for an earlier "
+                "request, which is no longer remembered; use a new key",
+            )
     else:
         event_id = f"api-{uuid.uuid4().hex}"
     raw = {
@@ -276,15 +419,40 @@ async def append(
     if remembered is not None:
         # Remembered before it is sent, so a retry after a crash right after sending
         # re-sends the same event. Two concurrent first requests: one stores, the other
-        # re-sends what that one stored.
-        earlier = await svc.redis.set(
-            remembered, json.dumps(raw), nx=True, ex=IDEMPOTENCY_TTL_S, get=True
-        )
+        # re-sends what that one stored. Kept without expiry, like the account event ids
+        # the processor de-duplicates by (a few hundred bytes per keyed write).
+        earlier = await svc.redis.set(remembered, json.dumps(raw), nx=True, get=True)
         if isinstance(earlier, str | bytes):  # SET NX GET: the value already there
             return await _resend(svc, json.loads(earlier), kind, data)
-    future = svc.emitter.emit_account(event)
-    await asyncio.wrap_future(future)
+    await _send(svc, event)
     return Appended(event_id=event.event_id, type=event.type)
+
+
+def _applied_before(event_id: str, kind: str, mark: bytes) -> Appended:
+    """The processor has this very request's event (Redis lost the key's record, which is
+    a cache): answered as the retry it is, with the first outcome, sending nothing."""
+    outcome = mark.decode().split("|", 3)[-1]
+    if outcome != ACCEPTED:
+        reason, _, message = outcome.partition(":")
+        raise HTTPException(409, {"reason": reason, "message": message})
+    return Appended(event_id=event_id, type=kind)
+
+
+async def _send(svc: Services, event: AccountEvent) -> None:
+    """Until the broker has the event; 503 if it did not confirm it in time."""
+    timeout_s = svc.settings.http_write_timeout_s
+    try:
+        # The producer gives the event up after the same time (message.timeout.ms);
+        # the extra second only guards against a delivery report that never comes.
+        await asyncio.wait_for(asyncio.wrap_future(svc.emitter.emit_account(event)), timeout_s + 1)
+    except (TimeoutError, KafkaException) as exc:
+        raise HTTPException(
+            503,
+            f"the account log (Kafka) did not confirm the change within {timeout_s:g} s "
+            f"({exc}); it may still be applied: retry with the same Idempotency-Key to "
+            "apply it exactly once",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
 
 
 async def _resend(
@@ -299,7 +467,7 @@ async def _resend(
             f"({first['type']} {json.dumps(first['data'], sort_keys=True)})",
         )
     event = parse_account_event(first, now=svc.clock())
-    await asyncio.wrap_future(svc.emitter.emit_account(event))
+    await _send(svc, event)
     return Appended(event_id=event.event_id, type=event.type)
 
 
@@ -326,10 +494,9 @@ async def authorization(
 
 
 @router.get("/v1/orgs/{org_id}", response_model=OrgContract)
-async def org_contract(org_id: OrgId, svc: Svc, who: Who) -> OrgContract:
+async def org_contract(org_id: OrgId, svc: Svc, _role: OwnerRole) -> OrgContract:
     """Plan, billing mode, the current term and its renewal, seats by type: purchased, in
     use and pending removal (owners and the primary owner)."""
-    await owner(svc, who, org_id)
     state = decode_account(await svc.redis.get(OrgKeys(svc.prefix, org_id).account))
     if state is None:
         raise HTTPException(404, f"unknown org {org_id}")
@@ -381,9 +548,14 @@ async def usage(
 
 @router.post("/v1/orgs/{org_id}/credits", response_model=Appended, status_code=202)
 async def buy_credits(
-    org_id: OrgId, body: CreditPurchase, svc: Svc, who: Who, *, key: IdempotencyKey = None
+    org_id: OrgId,
+    body: CreditPurchase,
+    svc: Svc,
+    who: Who,
+    role: OwnerRole,
+    *,
+    key: IdempotencyKey = None,
 ) -> Appended:
-    role = await owner(svc, who, org_id)
     data = {"purchase_id": body.purchase_id, "amount": format_usd(body.amount)}
     return await append(
         svc, who, role, org_id, kind="credits.purchased", data=data, idempotency_key=key
@@ -392,9 +564,14 @@ async def buy_credits(
 
 @router.put("/v1/orgs/{org_id}/spend-caps/org", response_model=Appended, status_code=202)
 async def set_org_cap(
-    org_id: OrgId, body: CapChange, svc: Svc, who: Who, *, key: IdempotencyKey = None
+    org_id: OrgId,
+    body: CapChange,
+    svc: Svc,
+    who: Who,
+    role: OwnerRole,
+    *,
+    key: IdempotencyKey = None,
 ) -> Appended:
-    role = await owner(svc, who, org_id)
     return await append(
         svc, who, role, org_id, kind="spend_cap.set", data=_cap(None, body), idempotency_key=key
     )
@@ -408,11 +585,11 @@ async def set_user_cap(
     user_id: UserId,
     body: CapChange,
     svc: Svc,
-    who: Who,
     *,
+    who: Who,
+    role: OwnerRole,
     key: IdempotencyKey = None,
 ) -> Appended:
-    role = await owner(svc, who, org_id)
     return await append(
         svc, who, role, org_id, kind="spend_cap.set", data=_cap(user_id, body), idempotency_key=key
     )
@@ -420,21 +597,31 @@ async def set_user_cap(
 
 @router.post("/v1/orgs/{org_id}/seats", response_model=Appended, status_code=202)
 async def add_seats(
-    org_id: OrgId, body: SeatChange, svc: Svc, who: Who, *, key: IdempotencyKey = None
+    org_id: OrgId,
+    body: SeatChange,
+    svc: Svc,
+    who: Who,
+    role: OwnerRole,
+    *,
+    key: IdempotencyKey = None,
 ) -> Appended:
-    role = await owner(svc, who, org_id)
     data = {"seat_type": body.seat_type.value, "quantity": body.quantity}
     return await append(svc, who, role, org_id, kind="seats.added", data=data, idempotency_key=key)
 
 
 @router.post("/v1/orgs/{org_id}/seats/removals", response_model=Appended, status_code=202)
 async def remove_seats(
-    org_id: OrgId, body: SeatChange, svc: Svc, who: Who, *, key: IdempotencyKey = None
+    org_id: OrgId,
+    body: SeatChange,
+    svc: Svc,
+    who: Who,
+    role: OwnerRole,
+    *,
+    key: IdempotencyKey = None,
 ) -> Appended:
     """Seats removed take effect at the renewal (R5: no mid-term change or refund), for
     self-serve and sales-assisted orgs; 409 when it would leave fewer seats than the
     members holding them."""
-    role = await owner(svc, who, org_id)
     data = {"seat_type": body.seat_type.value, "quantity": body.quantity}
     return await append(
         svc, who, role, org_id, kind="seats.removed", data=data, idempotency_key=key

@@ -5,6 +5,7 @@ token, so demoting an owner takes effect at once)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,10 +13,20 @@ from pathlib import Path
 
 import jwt
 
+from metering.settings import MAX_TOKEN_TTL_HOURS
+from schemas.common import ID_MAX_LENGTH, ID_PATTERN
+
 ALGORITHM = "HS256"
 ISSUER = "metering"
 SECRET_FILE = "api-secret"
 MIN_SECRET_LENGTH = 32  # HS256 wants a key of at least 256 bits (RFC 7518 §3.2)
+# The longest a token may live (exp - iat): a longer one is refused when presented, so a
+# token issued before this bound existed (or forged with a leaked secret) cannot last.
+MAX_TOKEN_TTL = timedelta(hours=MAX_TOKEN_TTL_HOURS)
+# Clocks of the machine that issued a token and of the API differ a little: an `iat` this
+# far ahead of the API's clock is still accepted.
+IAT_LEEWAY = timedelta(seconds=60)
+_ID = re.compile(ID_PATTERN)
 
 
 class InvalidToken(ValueError):
@@ -27,6 +38,7 @@ class Caller:
     org_id: str | None  # a member's org; None for a service
     user_id: str | None
     service: str | None
+    issued_at: int = 0  # the token's `iat` (Unix seconds): revocations compare with it
 
     @property
     def is_service(self) -> bool:
@@ -35,6 +47,17 @@ class Caller:
     @property
     def subject(self) -> str:
         return f"service:{self.service}" if self.service else f"member:{self.org_id}/{self.user_id}"
+
+
+def check_name(what: str, value: str) -> str:
+    """Org ids, user ids and service names: 1–128 characters of `[A-Za-z0-9_.:@+-]`,
+    starting alphanumeric (like every id in the pipeline)."""
+    if not (0 < len(value) <= ID_MAX_LENGTH and _ID.fullmatch(value)):
+        raise ValueError(
+            f"{what} must be 1–{ID_MAX_LENGTH} characters of A-Z a-z 0-9 _ . : @ + -, "
+            f"starting with a letter or digit; got {value[:40]!r}"
+        )
+    return value
 
 
 def issue(
@@ -48,6 +71,11 @@ def issue(
 ) -> str:
     if (service is None) == (org_id is None or user_id is None):
         raise ValueError("a token names a member (org and user) or a service, not both")
+    if not timedelta(0) < ttl <= MAX_TOKEN_TTL:
+        raise ValueError(f"a token lives more than 0 and at most {MAX_TOKEN_TTL_HOURS} hours")
+    for what, name in (("the org", org_id), ("the user", user_id), ("the service", service)):
+        if name is not None:
+            check_name(what, name)
     claims: dict[str, object] = {
         "iss": ISSUER,
         "iat": int(now.timestamp()),
@@ -67,24 +95,33 @@ def verify(secret: str, token: str, *, now: datetime) -> Caller:
             secret,
             algorithms=[ALGORITHM],
             issuer=ISSUER,
-            options={"require": ["exp", "iat", "iss"], "verify_exp": False},
+            # Times are checked below, against the injected clock (deterministic tests).
+            options={"require": ["exp", "iat", "iss"], "verify_exp": False, "verify_iat": False},
         )
     except jwt.PyJWTError as exc:
         raise InvalidToken(f"invalid token: {exc}") from None
-    # Expiry against the injected clock, not the machine's (deterministic tests).
-    if int(claims["exp"]) <= int(now.timestamp()):
+    issued, expires, at = claims["iat"], claims["exp"], int(now.timestamp())
+    if not (isinstance(issued, int) and isinstance(expires, int)):
+        raise InvalidToken("invalid token: iat and exp must be whole seconds")
+    if expires <= at:
         raise InvalidToken("token expired")
+    if issued > at + IAT_LEEWAY.total_seconds():
+        raise InvalidToken("token issued in the future (check the issuing machine's clock)")
+    if expires - issued > MAX_TOKEN_TTL.total_seconds():
+        raise InvalidToken(f"token lives longer than the maximum of {MAX_TOKEN_TTL.days} days")
     service, org, user = claims.get("svc"), claims.get("org"), claims.get("user")
     if isinstance(service, str) and org is None and user is None:
-        return Caller(None, None, service)
+        return Caller(None, None, service, issued)
     if isinstance(org, str) and isinstance(user, str) and service is None:
-        return Caller(org, user, None)
+        return Caller(org, user, None, issued)
     raise InvalidToken("invalid token: names neither a member nor a service")
 
 
 def load_secret(configured: str, var_dir: Path) -> str:
     """METERING_API_SECRET, or for local use a random secret kept in var/api-secret
-    (created once, mode 0600) so `metering token issue` and the API agree."""
+    (created once, mode 0600) so `metering token issue` and the API agree. Either must
+    be at least MIN_SECRET_LENGTH characters: a short one is refused (ValueError), since
+    anyone who guesses it can sign tokens for every org."""
     if configured:
         if len(configured) < MIN_SECRET_LENGTH:
             raise ValueError(f"METERING_API_SECRET must be at least {MIN_SECRET_LENGTH} characters")
@@ -94,4 +131,11 @@ def load_secret(configured: str, var_dir: Path) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    secret = path.read_text().strip()
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"the API secret in {path} must be at least {MIN_SECRET_LENGTH} characters "
+            f"(it has {len(secret)}); delete the file to have a new one generated, or set "
+            "METERING_API_SECRET"
+        )
+    return secret

@@ -75,13 +75,17 @@ def api(
     """Serve the HTTP API (gate, usage, owner controls, Usage page) until stopped."""
     import threading  # noqa: PLC0415
 
-    import uvicorn  # noqa: PLC0415
-
     from metering.api.app import create_api  # noqa: PLC0415
+    from metering.api.server import serve  # noqa: PLC0415
+    from metering.api.tokens import load_secret  # noqa: PLC0415
     from metering.clickhouse.service import start_sink_thread  # noqa: PLC0415
     from metering.clickhouse.store import Store, StoreInUse  # noqa: PLC0415
 
     settings = Settings()
+    try:
+        load_secret(settings.api_secret, settings.var_dir)  # a weak secret: refuse to start
+    except ValueError as exc:
+        fail(str(exc))
     try:
         store: Store | None = Store(settings.resolved_clickhouse_url)
     except StoreInUse as exc:
@@ -96,12 +100,7 @@ def api(
 
         start_nightly_billing(settings, store, stop)
     try:
-        uvicorn.run(
-            create_api(settings, store=store),
-            host=host,
-            port=port or settings.http_port,
-            log_level="warning",
-        )
+        serve(create_api(settings, store=store), settings, host, port or settings.http_port)
     finally:
         stop.set()
         if sink is not None:
@@ -116,18 +115,23 @@ def run(
 ) -> None:
     """All-in-one: the stream processors (this process) and, in a child process, the
     HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
-    embedded store)."""
-    from metering.clickhouse.service import spawn_child  # noqa: PLC0415
-    from metering.stack.process import stop_child  # noqa: PLC0415
+    embedded store). A child that dies is restarted, with back-off, and logged."""
+    from metering.api.tokens import load_secret  # noqa: PLC0415
+    from metering.cli.supervisor import Supervisor  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
 
-    child = spawn_child("api", "--with-sink")
+    settings = Settings()
+    try:  # the API child would refuse it, again and again: say so once, here
+        load_secret(settings.api_secret, settings.var_dir)
+    except ValueError as exc:
+        fail(str(exc))
+    api_child = Supervisor(
+        "api", "api", "--with-sink", backoff_s=settings.child_restart_backoff_s
+    ).start()
     try:
-        run_worker(
-            Settings().model_copy(update={"sink_in_worker": False}), _faust_loglevel(loglevel)
-        )
+        run_worker(settings.model_copy(update={"sink_in_worker": False}), _faust_loglevel(loglevel))
     finally:
-        stop_child(child)
+        api_child.stop()
 
 
 @app.callback()

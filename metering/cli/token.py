@@ -1,16 +1,20 @@
-"""`metering token issue`: bearer tokens for the HTTP API."""
+"""`metering token issue|revoke|revoked`: bearer tokens for the HTTP API."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
+import redis
 import typer
 
+from metering.api.revocations import revoke as revoke_service
+from metering.api.revocations import revoked as revoked_services
+from metering.api.tokens import check_name, load_secret
 from metering.api.tokens import issue as issue_token
-from metering.api.tokens import load_secret
 from metering.cli.output import console, fail
-from metering.settings import Settings
+from metering.settings import MAX_TOKEN_TTL_HOURS, Settings
 
 app = typer.Typer(help="Bearer tokens for the HTTP API (signed with METERING_API_SECRET).")
 
@@ -23,7 +27,10 @@ def issue(
         str | None, typer.Option(help="a product service (may call the gate for any org)")
     ] = None,
     ttl_hours: Annotated[
-        float | None, typer.Option(help="lifetime; default METERING_TOKEN_TTL_HOURS (24)")
+        float | None,
+        typer.Option(
+            help=f"lifetime; default METERING_TOKEN_TTL_HOURS (24), at most {MAX_TOKEN_TTL_HOURS}"
+        ),
     ] = None,
 ) -> None:
     """Print a token for one member of one org (--org, --user) or a service (--service)."""
@@ -31,11 +38,50 @@ def issue(
     member = org is not None and user is not None
     if member == (service is not None) or (org is None) != (user is None):
         fail("give --org and --user for a member, or --service for a product service")
-    ttl = timedelta(hours=ttl_hours if ttl_hours is not None else settings.token_ttl_hours)
-    if ttl <= timedelta(0):
-        fail("--ttl-hours must be positive")
-    secret = load_secret(settings.api_secret, settings.var_dir)
+    hours = ttl_hours if ttl_hours is not None else settings.token_ttl_hours
+    if not (math.isfinite(hours) and 0 < hours <= MAX_TOKEN_TTL_HOURS):
+        fail(f"--ttl-hours must be more than 0 and at most {MAX_TOKEN_TTL_HOURS} (90 days)")
+    try:
+        for what, name in (("--org", org), ("--user", user), ("--service", service)):
+            if name is not None:
+                check_name(what, name)
+        secret = load_secret(settings.api_secret, settings.var_dir)
+    except ValueError as exc:
+        fail(str(exc))
     token = issue_token(
-        secret, now=datetime.now(UTC), ttl=ttl, org_id=org, user_id=user, service=service
+        secret,
+        now=datetime.now(UTC),
+        ttl=timedelta(hours=hours),
+        org_id=org,
+        user_id=user,
+        service=service,
     )
     console.print(token, soft_wrap=True, highlight=False)
+
+
+@app.command()
+def revoke(
+    service: Annotated[str, typer.Option(help="the product service whose tokens to revoke")],
+) -> None:
+    """Revoke every token of a service issued until now (the API refuses them within a
+    second); tokens issued afterwards work, so: revoke, then issue a new one."""
+    settings = Settings()
+    try:
+        check_name("--service", service)
+    except ValueError as exc:
+        fail(str(exc))
+    now = datetime.now(UTC)
+    with redis.Redis.from_url(settings.redis_url) as client:
+        revoke_service(client, settings.redis_prefix, service, int(now.timestamp()))
+    console.print(f"tokens of service {service} issued until {now:%Y-%m-%d %H:%M:%S} UTC revoked")
+
+
+@app.command()
+def revoked() -> None:
+    """List the revoked services and since when their tokens are refused."""
+    settings = Settings()
+    with redis.Redis.from_url(settings.redis_url) as client:
+        listed = revoked_services(client, settings.redis_prefix)
+    for name, moment in sorted(listed.items()):
+        until = datetime.fromtimestamp(moment, UTC)
+        console.print(f"{name}\ttokens issued until {until:%Y-%m-%d %H:%M:%S} UTC", highlight=False)

@@ -51,7 +51,7 @@ def serve(settings: Settings, *, once: bool = False, timeout_s: float = 600.0) -
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if not once:  # a long-running sink; `--once` ends when caught up
-        serve_metrics(settings.metrics_port, "metering sink")
+        serve_metrics(settings.metrics_port, "metering sink", settings.metrics_host)
     store = Store(settings.resolved_clickhouse_url) if once else open_store_waiting(settings, stop)
     if store is None:
         return

@@ -11,7 +11,13 @@ Exactly once in query results, with at-least-once delivery:
   inserted blocks, so this check — not ReplacingMergeTree's eventual merge — is what
   keeps them exact;
 - on a rebalance the pending batch is flushed inside the revoke callback, before the
-  partitions can move, so two sinks never insert the same partition's records at once.
+  partitions can move, so two sinks never insert the same partition's records at once;
+- the account ledger's fold advances only with what is stored: after any failed attempt
+  it is restored from ClickHouse before the batch is derived again, so a batch stored
+  later is stored whole, never with its account events taken as "already stored";
+- a record ClickHouse cannot take (a value out of its column's range) is dead-lettered
+  (`unstorable_record`) and the rest of its batch stored; any other ClickHouse or Kafka
+  error is retried in place with back-off, never a reason to exit.
 
 Batches close at `sink_batch_rows` records or `sink_batch_seconds`, whichever first.
 """
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 from threading import Event
 from typing import Any
 
-from clickhouse_connect.driver.exceptions import OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import ValidationError
 
@@ -60,9 +66,14 @@ from schemas.validation import Reason
 log = logging.getLogger("metering.sink")
 
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-# Transient: the server or broker is unreachable. Anything else (a bad statement, a
-# schema mismatch) is a bug and ends the process; the batch is replayed on restart.
+# Transient: the server or broker is unreachable. Retried in place.
 RETRYABLE = (OSError, ConnectionError, KafkaException, OperationalError)
+# A row the client (which encodes ClickHouse's Native format) or the server cannot take:
+# a value out of its column's range or type. Only that record is dead-lettered.
+UNSTORABLE = (DataError, ValueError, TypeError, OverflowError)
+# Any other server error (a missing table, a read-only user, a quota) is not a record's
+# fault: retried in place as well, logged as an error, until an operator fixes it.
+SERVER_ERRORS = (DatabaseError,)
 EXIT_FAULT_INJECTED = 77
 LAG_REFRESH_S = 5.0  # how often the consumer-lag gauge is recomputed (cached offsets only)
 
@@ -117,6 +128,12 @@ class ClickHouseSink:
         self._batch_started = 0.0
         self._lag_reported = 0.0
         self._stored: dict[tuple[str, int], int] = {}  # offsets this sink committed
+        # The ledger fold is ahead of ClickHouse (a batch derived, not yet stored):
+        # restored from the store before anything is derived again.
+        self._ledger_ahead = False
+        # Failed for good: the pending batch is left to the next owner (not stored, not
+        # committed), also when closing the consumer revokes the partitions.
+        self._failed = False
         self._lag_gauges = {
             topic: CONSUMER_LAG.labels(settings.sink_group_id, topic) for topic in self._inputs
         }
@@ -143,6 +160,9 @@ class ClickHouseSink:
             while not stop.is_set():
                 self.poll_once()
             self.flush()
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             self._consumer.close()
 
@@ -159,6 +179,9 @@ class ClickHouseSink:
                         return
                 if time.monotonic() > deadline:
                     raise TimeoutError("the ClickHouse sink did not catch up in time")
+        except BaseException:
+            self._failed = True
+            raise
         finally:
             self._consumer.close()
 
@@ -188,27 +211,73 @@ class ClickHouseSink:
         return len(messages)
 
     def flush(self) -> None:
-        """Store the pending batch, then commit its offsets. The rows are derived once
-        (the ledger fold advances exactly once per record); storing them is retried
-        until it succeeds, and is safe to repeat."""
-        if not self._pending:
+        """Store the pending batch, then commit its offsets. Storing is retried until it
+        succeeds, and is safe to repeat (the stored-id checks)."""
+        if not self._pending or self._failed:
             return
-        batch, attempt = self._pending, 0
-        rows = self._rows(batch)
-        while True:
-            try:
-                self._store_rows(rows)
-                break
-            except RETRYABLE as exc:
-                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
-                log.warning("sink batch of %d failed (%s); retry in %.1f s", len(batch), exc, delay)
-                SINK_BATCH_RETRIES.inc()
-                attempt += 1
-                time.sleep(delay)
+        batch = self._pending
+        self._store_batch(batch)
+        self.stats.batches += 1
         self._inject_fault()
         self._commit(batch)
         SINK_BATCHES.inc()
         self._pending = []
+
+    def _store_batch(self, batch: Sequence[SourceRecord]) -> None:
+        """Derive the batch's rows (which advances the ledger fold) and store them; on a
+        failure the fold is restored from ClickHouse before the next attempt. A row
+        ClickHouse cannot take sends the batch down the record-by-record path."""
+        attempt = 0
+        while True:
+            try:
+                self._catch_up_ledger()
+                self._ledger_ahead = True
+                rows = self._rows(batch)
+                try:
+                    self._store_rows(rows)
+                except UNSTORABLE as exc:
+                    log.warning(
+                        "a row of a batch of %d was refused (%s); storing it record by record",
+                        len(batch),
+                        exc,
+                    )
+                    self._catch_up_ledger()
+                    self._store_one_by_one(batch)
+                self._ledger_ahead = False
+                return
+            except (*RETRYABLE, *SERVER_ERRORS) as exc:
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                level = logging.WARNING if isinstance(exc, RETRYABLE) else logging.ERROR
+                log.log(
+                    level, "sink batch of %d failed (%s); retry in %.1f s", len(batch), exc, delay
+                )
+                SINK_BATCH_RETRIES.inc()
+                attempt += 1
+                time.sleep(delay)
+
+    def _store_one_by_one(self, batch: Sequence[SourceRecord]) -> None:
+        """Each record with its own insert: one that ClickHouse refuses is dead-lettered
+        (`unstorable_record`) and the fold forgets it; the others are stored. Records of
+        the batch stored before are found by the stored-id checks, not stored twice."""
+        for record in batch:
+            self._ledger_ahead = True
+            rows = self._rows([record])
+            try:
+                self._store_rows(rows)
+            except UNSTORABLE as exc:
+                self._catch_up_ledger()  # forgets the record's account event, if any
+                refused = _BatchRows(self._topics.usage_deadletter)
+                refused.reject(
+                    record, Reason.UNSTORABLE_RECORD, f"ClickHouse refused its row: {exc}"[:1000]
+                )
+                self._store_rows(refused)
+            self._ledger_ahead = False
+
+    def _catch_up_ledger(self) -> None:
+        """The ledger fold back to what ClickHouse holds, if it ran ahead of it."""
+        if self._ledger_ahead:
+            self._restore_ledger()
+            self._ledger_ahead = False
 
     # -- one batch -------------------------------------------------------------------
 
@@ -240,7 +309,6 @@ class ClickHouseSink:
         if rows.rejects:
             self._publisher.publish_blocking(rows.rejects)
         elapsed = time.perf_counter() - started
-        self.stats.batches += 1
         self.stats.usage_rows += len(fresh)
         self.stats.skipped_duplicates += len(rows.usage) - len(fresh)
         self.stats.account_rows += len(rows.accounts)
@@ -332,7 +400,12 @@ class ClickHouseSink:
 
     def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
         # Account history of newly assigned partitions may have been written by another
-        # sink: reload the ledger fold from ClickHouse (small: a few rows per org).
+        # sink: the ledger fold is reloaded from ClickHouse (small: a few rows per org)
+        # before the next batch is derived, where a failure to read it is retried.
+        self._ledger_ahead = True
+
+    def _restore_ledger(self) -> None:
+        """The ledger fold as ClickHouse holds it: every stored account event in order."""
         self._ledger.restore(
             self._store.rows(
                 f"SELECT {RESTORE_COLUMNS} FROM {self._store.table('account_events')} FINAL "
@@ -341,7 +414,7 @@ class ClickHouseSink:
         )
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.flush()
+        self.flush()  # nothing, once the sink failed: the next owner replays the batch
         for tp in partitions:
             self._stored.pop((tp.topic, tp.partition), None)
 

@@ -11,12 +11,15 @@ were published.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from time import perf_counter
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from billing.accounts import OrgAccount, Rejected, apply_account_event, renewal_date
 from billing.notifications import SpendSnapshot, UserSpend, due_stops_and_resumes, due_thresholds
@@ -36,6 +39,8 @@ from metering.metrics import REDIS_APPLY_ACCOUNTS, REDIS_LOAD_ACCOUNTS, REDIS_RE
 from schemas.account import AccountEvent, CreditsPurchased
 from schemas.documents import DocumentOrigin
 from schemas.validation import InvalidEvent, Reason, parse_account_event
+
+log = logging.getLogger("metering.worker")
 
 ACCEPTED = "ok"
 
@@ -63,6 +68,15 @@ def _present(ids: list[str], values: list[bytes | None]) -> dict[str, str]:
     return {i: v.decode() for i, v in zip(ids, values, strict=True) if v is not None}
 
 
+def _merge(into: BatchResult, part: BatchResult) -> None:
+    into.outputs += part.outputs
+    into.marks += part.marks
+    into.accepted += part.accepted
+    into.duplicates += part.duplicates
+    for reason, count in part.dead_letter_reasons.items():
+        into.dead_letter_reasons[reason] += count
+
+
 def _flat(fields: dict[str, str]) -> list[str]:
     return [str(len(fields))] + [part for item in sorted(fields.items()) for part in item]
 
@@ -84,33 +98,14 @@ class AccountProcessor(BatchProcessor):
             return result
 
         ordered = list(groups.items())
-        load = self._redis.pipeline(transaction=False)
-        for (org_id, partition), parsed in ordered:
-            keys = OrgKeys(self._prefix, org_id)
-            load.get(keys.account)
-            load.hget(keys.offsets, f"account:{partition}")
-            ids = [p.event.event_id for p in parsed]
-            load.hmget(keys.account_ids, ids)
-            load.hmget(keys.seat_invoices, ids)
-        started = perf_counter()
-        loaded = await load.execute()
-        REDIS_LOAD_ACCOUNTS.observe(perf_counter() - started)
-
+        loaded = await self._load(ordered)
         write = self._redis.pipeline(transaction=False)
         changed: dict[str, tuple[OrgAccount, SourceRecord]] = {}
-        for index, ((org_id, partition), parsed) in enumerate(ordered):
-            raw_state, raw_offset, raw_marks, raw_invoices = loaded[4 * index : 4 * index + 4]
-            ids = [p.event.event_id for p in parsed]
-            org = _OrgBatch(
-                state=decode_account(raw_state),
-                stored_offset=int(raw_offset) if raw_offset is not None else -1,
-                marks=_present(ids, raw_marks),
-                invoices=_present(ids, raw_invoices),
-                new_marks={},
-                new_invoices={},
-            )
+        written: list[tuple[list[_Parsed], int, BatchResult]] = []
+        for ((org_id, partition), parsed), org in zip(ordered, loaded, strict=True):
+            group = BatchResult()  # this org's outcomes: kept once Redis has its state
             for item in parsed:
-                self._fold_one(item, org, result)
+                self._fold_one(item, org, group)
             last_offset = parsed[-1].record.offset
             state = org.state
             if last_offset > org.stored_offset and state is not None:
@@ -130,11 +125,74 @@ class AccountProcessor(BatchProcessor):
                     keys=[OrgKeys(self._prefix, org_id).base], args=args, client=write
                 )
                 changed[org_id] = (state, parsed[-1].record)
+                written.append((parsed, org.stored_offset, group))
+            else:
+                _merge(result, group)
         started = perf_counter()
-        await write.execute()
+        replies = await write.execute(raise_on_error=False)
         REDIS_APPLY_ACCOUNTS.observe(perf_counter() - started)
+        # Each stored state is two commands: its renewal index entry, then its script.
+        for (parsed, stored_offset, group), reply in zip(written, replies[1::2], strict=True):
+            if isinstance(reply, ResponseError):
+                self._refused_by_redis(parsed, stored_offset, reply, result, changed)
+            else:
+                _merge(result, group)
         await self._reevaluate(changed, result)
         return result
+
+    async def _load(self, ordered: list[tuple[tuple[str, int], list[_Parsed]]]) -> list[_OrgBatch]:
+        """Per org and partition of the batch: the state, the stored offset, and what was
+        recorded for the batch's event ids — in one round trip."""
+        load = self._redis.pipeline(transaction=False)
+        for (org_id, partition), parsed in ordered:
+            keys = OrgKeys(self._prefix, org_id)
+            load.get(keys.account)
+            load.hget(keys.offsets, f"account:{partition}")
+            ids = [p.event.event_id for p in parsed]
+            load.hmget(keys.account_ids, ids)
+            load.hmget(keys.seat_invoices, ids)
+        started = perf_counter()
+        loaded = await load.execute()
+        REDIS_LOAD_ACCOUNTS.observe(perf_counter() - started)
+        batches = []
+        for index, (_group, parsed) in enumerate(ordered):
+            raw_state, raw_offset, raw_marks, raw_invoices = loaded[4 * index : 4 * index + 4]
+            ids = [p.event.event_id for p in parsed]
+            batches.append(
+                _OrgBatch(
+                    state=decode_account(raw_state),
+                    stored_offset=int(raw_offset) if raw_offset is not None else -1,
+                    marks=_present(ids, raw_marks),
+                    invoices=_present(ids, raw_invoices),
+                    new_marks={},
+                    new_invoices={},
+                )
+            )
+        return batches
+
+    def _refused_by_redis(
+        self,
+        parsed: list[_Parsed],
+        stored_offset: int,
+        error: ResponseError,
+        result: BatchResult,
+        changed: dict[str, tuple[OrgAccount, SourceRecord]],
+    ) -> None:
+        """The script checks everything before its first write, so nothing of this org's
+        batch is in Redis: its new events are dead-lettered, rather than the worker
+        stopping for every org (issue 20)."""
+        org_id = parsed[0].event.org_id
+        log.error("account script failed for %s: %s", org_id, error)
+        del changed[org_id]
+        for item in parsed:
+            if item.record.offset > stored_offset:
+                self._reject(
+                    result,
+                    item.record,
+                    Reason.ENFORCEMENT_FAILED.value,
+                    f"Redis refused the account script: {str(error)[:200]}",
+                    item.event.event_id,
+                )
 
     def _fold_one(self, item: _Parsed, org: _OrgBatch, result: BatchResult) -> None:
         """Apply one event to `org`: its state, its balance credit, its recorded outcome

@@ -67,7 +67,9 @@ class OrgKeys:
 
     def idempotent_request(self, event_id: str) -> str:
         """String: JSON of the account event an API write with an Idempotency-Key sent
-        first (expires after 7 days; a cache, not state: `metering rebuild` skips it)."""
+        first (kept without expiry, like the account event ids; a cache, not state:
+        `metering rebuild` skips it). `event_id` here is the key's own id (org, caller,
+        key); the event's id also covers the change (metering.api.app.append)."""
         return f"{self.base}:idempotency:{event_id}"
 
     @property

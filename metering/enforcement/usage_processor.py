@@ -8,6 +8,7 @@ notification became due, a second one that records it after it was published.
 from __future__ import annotations
 
 import json
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from time import perf_counter
 from typing import Any
+
+from redis.exceptions import ResponseError
 
 from billing.accounts import Member
 from billing.notifications import (
@@ -40,10 +43,12 @@ from metering.enforcement.scripts import run_pipelined
 from metering.enforcement.state_codec import decode_member
 from metering.metrics import REDIS_APPLY_USAGE
 from schemas.account import BillingMode, Plan, SeatType
+from schemas.money import MAX_EVENT_COST_NANO_USD, MAX_TOTAL_NANO_USD, format_usd
 from schemas.usage import UsageEvent
 from schemas.validation import InvalidEvent, Reason, encode_event, parse_usage_event
 
 LEGACY_ALLOWANCE_SEATS = (SeatType.STANDARD, SeatType.PREMIUM)
+log = logging.getLogger("metering.worker")
 
 
 @dataclass(slots=True)
@@ -120,6 +125,16 @@ class UsageProcessor(BatchProcessor):
         except UnknownModel as exc:
             reject(exc.reason.value, exc.detail, event.event_id)
             return None
+        if priced.cost_nano_usd > MAX_EVENT_COST_NANO_USD:
+            # Only an absurd price book gets here (rates are bounded, token counts too):
+            # refused before Redis, whose script holds per-event amounts in doubles.
+            reject(
+                Reason.AMOUNT_OUT_OF_RANGE.value,
+                f"the event costs {format_usd(priced.cost_nano_usd)} USD, more than one "
+                f"event may ({format_usd(MAX_EVENT_COST_NANO_USD)})",
+                event.event_id,
+            )
+            return None
         day = event.occurred_at.date()
         if day not in self._allowances:
             self._allowances[day] = _allowance_spec(self._book, day)
@@ -145,34 +160,75 @@ class UsageProcessor(BatchProcessor):
             return result
 
         ordered = list(groups.items())
-        calls = []
-        for (org_id, partition), events in ordered:
-            args: list[Any] = [partition]
-            args += [
-                "\t".join(
-                    (
-                        str(v.record.offset),
-                        v.event.event_id,
-                        digest_bytes(v.canonical),
-                        v.month,
-                        v.event.user_id,
-                        str(v.cost_nano_usd),
-                        v.allowances,
-                    )
-                )
-                for v in events
-            ]
-            calls.append(([OrgKeys(self._prefix, org_id).base], args))
+        calls = [self._call(org_id, partition, events) for (org_id, partition), events in ordered]
         started = perf_counter()
-        replies = await run_pipelined(self._redis, self._scripts.apply_usage, calls)
+        replies = await run_pipelined(
+            self._redis, self._scripts.apply_usage, calls, raise_on_error=False
+        )
         REDIS_APPLY_USAGE.observe(perf_counter() - started)
 
-        for ((org_id, _partition), events), reply in zip(ordered, replies, strict=True):
-            state = json.loads(reply)
+        for ((org_id, partition), events), reply in zip(ordered, replies, strict=True):
+            if isinstance(reply, ResponseError):
+                state = await self._apply_one_by_one(org_id, partition, events, reply)
+            else:
+                state = json.loads(reply)
             self._outcomes(events, state["outcomes"], result)
             if "months" in state and _may_notify(state, max(self._balance_levels, default=0)):
                 self._notifications(org_id, events, state, result)
         return result
+
+    def _call(
+        self, org_id: str, partition: int, events: list[_Valid]
+    ) -> tuple[list[str], list[Any]]:
+        args: list[Any] = [partition]
+        args += [
+            "\t".join(
+                (
+                    str(v.record.offset),
+                    v.event.event_id,
+                    digest_bytes(v.canonical),
+                    v.month,
+                    v.event.user_id,
+                    str(v.cost_nano_usd),
+                    v.allowances,
+                )
+            )
+            for v in events
+        ]
+        return [OrgKeys(self._prefix, org_id).base], args
+
+    async def _apply_one_by_one(
+        self, org_id: str, partition: int, events: list[_Valid], error: ResponseError
+    ) -> dict[str, Any]:
+        """Redis refused the org's script (a key of the wrong type, a corrupt counter):
+        apply its events one script each, so only the events that fail are dead-lettered
+        (`enforcement_failed`, outcome "E") and the others count. Safe to repeat: an
+        event the failed script did apply before it stopped is recognised by its mark
+        (outcome "R"). Returns one reply made of theirs, for the notifications."""
+        log.error("usage script failed for %s (%s); applying its events one by one", org_id, error)
+        calls = [self._call(org_id, partition, [event]) for event in events]
+        replies = await run_pipelined(
+            self._redis, self._scripts.apply_usage, calls, raise_on_error=False
+        )
+        merged: dict[str, Any] = {"outcomes": []}
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                merged["outcomes"].append(f"E|{reply}")
+                continue
+            state = json.loads(reply)
+            merged["outcomes"] += state["outcomes"]
+            if "months" not in state:
+                continue
+            months = merged.setdefault("months", {})
+            for month, numbers in state["months"].items():
+                entry = months.setdefault(month, {**numbers, "users": {}})
+                entry["org"], entry["notified"] = numbers["org"], numbers["notified"]
+                if isinstance(numbers["users"], dict):  # cjson: an empty table is {}
+                    entry["users"].update(numbers["users"])
+            # The latest of these: every reply read them after its own writes.
+            for name in ("meta", "balance", "balance_notified", "stopped"):
+                merged[name] = state[name]
+        return merged
 
     def _outcomes(self, events: list[_Valid], outcomes: list[str], result: BatchResult) -> None:
         for valid, outcome in zip(events, outcomes, strict=True):
@@ -200,6 +256,16 @@ class UsageProcessor(BatchProcessor):
                         "this event_id was accepted with another payload",
                     ),
                     "U": (Reason.UNKNOWN_ORG, f"no org.created seen for {valid.event.org_id}"),
+                    "O": (
+                        Reason.AMOUNT_OUT_OF_RANGE,
+                        f"counting {format_usd(valid.cost_nano_usd)} USD would take the "
+                        f"org's or member's spend or balance past "
+                        f"{format_usd(MAX_TOTAL_NANO_USD)} USD; nothing was counted",
+                    ),
+                    "E": (
+                        Reason.ENFORCEMENT_FAILED,
+                        f"Redis refused the enforcement script: {included_text[:200]}",
+                    ),
                 }[code]
                 self._reject(result, valid.record, reason.value, detail, valid.event.event_id)
 

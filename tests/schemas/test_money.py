@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
 
-from schemas.money import format_usd, parse_usd
+from schemas.money import MAX_AMOUNT_NANO_USD, MoneyOutOfRange, NanoUsd, format_usd, parse_usd
 
 
 @pytest.mark.parametrize(
@@ -20,7 +21,9 @@ from schemas.money import format_usd, parse_usd
         ("1234.50", 1_234_500_000_000),
         ("0.000000001", 1),
         ("0.1", 100_000_000),
-        ("999999999999.999999999", 999_999_999_999_999_999_999),
+        ("999999999.999999999", 999_999_999_999_999_999),
+        ("1000000000", 10**18),  # the largest amount there is (MAX_AMOUNT_NANO_USD)
+        ("1000000000.000000000", 10**18),
     ],
 )
 def test_parse_usd_examples(text: str, nano_usd: int) -> None:
@@ -74,7 +77,7 @@ def test_format_usd_examples(nano_usd: int, text: str) -> None:
         "1_000",
         "NaN",
         "Infinity",
-        "1000000000000",  # a trillion dollars: more than twelve integer digits
+        "1" * 31,  # thirty-one integer digits: not even a number we would read
     ],
 )
 def test_parse_usd_rejects_anything_but_a_plain_decimal(text: str) -> None:
@@ -106,9 +109,34 @@ def test_parse_usd_rejects_a_trailing_newline() -> None:
         parse_usd("5\n")
 
 
-@given(st.integers(min_value=0, max_value=10**21 - 1))
+@pytest.mark.parametrize(
+    "text", ["1000000000.000000001", "1000000000.01", "5000000000.00", "999999999999.00"]
+)
+def test_parse_usd_refuses_more_than_the_largest_amount(text: str) -> None:
+    """An amount above $1,000,000,000 (10^18 nano-dollars) is refused, saying so: every
+    store of money is 64-bit, and sums of such amounts must not wrap (issue 20)."""
+    with pytest.raises(MoneyOutOfRange, match=r"more than 1000000000\.00 USD"):
+        parse_usd(text)
+    assert MAX_AMOUNT_NANO_USD == 10**18
+
+
+def test_money_fields_name_the_bound() -> None:
+    """In a model, the refusal says what the bound is (and never echoes a long input)."""
+
+    class Priced(BaseModel):
+        amount: NanoUsd
+
+    with pytest.raises(ValidationError, match=r"at most 1000000000\.00 USD") as caught:
+        Priced.model_validate_json('{"amount": "' + "9" * 25 + '"}')
+    assert "9" * 41 not in str(caught.value)
+    with pytest.raises(ValidationError, match="at most"):
+        Priced(amount=10**18 + 1)  # nano-dollars handed over in Python
+    assert Priced(amount=10**18).amount == 10**18
+
+
+@given(st.integers(min_value=0, max_value=MAX_AMOUNT_NANO_USD))
 def test_format_then_parse_is_the_identity(nano_usd: int) -> None:
-    """Any non-negative amount below a trillion dollars survives the wire unchanged."""
+    """Any amount from zero to the largest survives the wire unchanged."""
     # Given any amount in nano-dollars
     # When it is formatted and parsed back
     # Then it is the same amount
@@ -116,7 +144,7 @@ def test_format_then_parse_is_the_identity(nano_usd: int) -> None:
 
 
 @given(
-    whole=st.integers(min_value=0, max_value=10**12 - 1),
+    whole=st.integers(min_value=0, max_value=10**9 - 1),
     frac=st.text(alphabet="0123456789", min_size=1, max_size=9),
 )
 def test_parse_usd_matches_digit_arithmetic(whole: int, frac: str) -> None:

@@ -14,6 +14,12 @@
 --   "D"             duplicate of an event counted before (same payload)
 --   "C"             same event_id, different payload (event_id_conflict)
 --   "U"             the org is unknown (no org.created applied yet)
+--   "O"             counting it would take a counter past its bound (amount_out_of_range):
+--                   nothing is counted; its mark records the refusal, so a replay of the
+--                   same record is refused again
+--
+-- A Lua script is not rolled back when it fails half-way, so nothing is written before
+-- every argument is checked, and each event's bounds are checked before its writes.
 --
 -- Returns a JSON document: outcomes plus the exact counters the caller needs to decide
 -- notifications, all money as decimal strings (Lua numbers are doubles; strings are exact).
@@ -21,13 +27,34 @@
 local base = KEYS[1]
 local partition = ARGV[1]
 local FIELDS = '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$'
+-- schemas.money: MAX_EVENT_COST_NANO_USD (10^15 < 2^53: exact as a Lua number) and
+-- MAX_TOTAL_NANO_USD (10^18) for every counter, held as BOUND_HIGH * 10^9.
+local MAX_EVENT_COST = 1000000000000000
+local BILLION = 1000000000
+local BOUND_HIGH = 1000000000
+
+local n = #ARGV - 1
+local events = {}
+if not string.match(partition or '', '^%d+$') then
+  return redis.error_reply('ERR apply_usage: invalid partition')
+end
+for i = 1, n do
+  local offset, event_id, digest, month, user, cost, allowances =
+    string.match(ARGV[i + 1], FIELDS)
+  if not (offset and string.match(offset, '^%d+$') and event_id ~= '' and user ~= ''
+          and string.match(month, '^%d%d%d%d%-%d%d$') and string.match(cost, '^%d+$')
+          and #cost <= 16 and tonumber(cost) <= MAX_EVENT_COST
+          and not string.find(digest, '|', 1, true)) then
+    return redis.error_reply('ERR apply_usage: invalid argument ' .. i)
+  end
+  events[i] = {offset, event_id, digest, month, user, tonumber(cost), allowances}
+end
 
 local meta = redis.call('HGETALL', base .. ':meta')
 local m = {}
 for i = 1, #meta, 2 do m[meta[i]] = meta[i + 1] end
 
 local outcomes = {}
-local n = #ARGV - 1
 
 if not m['plan'] then
   for i = 1, n do outcomes[i] = 'U' end
@@ -46,11 +73,49 @@ local function allowance_for(seat, spec)
   return 0
 end
 
-for i = 1, n do
-  local offset, event_id, digest, month, user, cost, allowances =
-    string.match(ARGV[i + 1], FIELDS)
+-- Counters are 64-bit integers, beyond a double's exact range (2^53): each is held as
+-- (high, low) = (value div 10^9, value mod 10^9), both exact, read once per script.
+local counters = {}
 
-  local ids = base .. ':ids'
+local function split(text)
+  local sign, digits = string.match(text, '^(%-?)(%d+)$')
+  if not digits then error('not an integer counter: ' .. text) end
+  local high = #digits > 9 and tonumber(string.sub(digits, 1, -10)) or 0
+  local low = tonumber(string.sub(digits, -9))
+  if sign == '-' then high, low = -high, -low end
+  local carry = math.floor(low / BILLION)
+  return {high + carry, low - carry * BILLION}
+end
+
+local function counter(key, field)
+  local id = key .. '\0' .. (field or '')
+  if not counters[id] then
+    local text
+    if field then text = redis.call('HGET', key, field) else text = redis.call('GET', key) end
+    counters[id] = split(text or '0')
+  end
+  return id
+end
+
+-- The counter plus an exact delta (|delta| <= 10^15), normalised to 0 <= low < 10^9.
+local function plus(id, delta)
+  local value = counters[id]
+  local dhigh = math.floor(delta / BILLION)
+  local high, low = value[1] + dhigh, value[2] + (delta - dhigh * BILLION)
+  local carry = math.floor(low / BILLION)
+  return {high + carry, low - carry * BILLION}
+end
+
+-- Within [-10^18, 10^18]?
+local function within(value)
+  if value[1] > BOUND_HIGH or (value[1] == BOUND_HIGH and value[2] > 0) then return false end
+  return value[1] >= -BOUND_HIGH
+end
+
+local ids = base .. ':ids'
+for i = 1, n do
+  local offset, event_id, digest, month, user, cost, allowances = unpack(events[i])
+
   local previous = redis.call('HGET', ids, event_id)
   if previous then
     local p_digest, p_partition, p_offset, p_included =
@@ -58,7 +123,7 @@ for i = 1, n do
     if p_digest ~= digest then
       outcomes[i] = 'C'
     elseif p_partition == partition and p_offset == offset then
-      outcomes[i] = 'R|' .. p_included
+      outcomes[i] = p_included == 'O' and 'O' or 'R|' .. p_included
     else
       outcomes[i] = 'D'
     end
@@ -72,24 +137,44 @@ for i = 1, n do
       local used = tonumber(redis.call('HGET', spend, 'a:' .. user) or '0')
       local left = allowance - used
       if left > 0 then
-        -- Per-event costs and allowances are far below 2^53: exact in a Lua number.
-        included = math.min(tonumber(cost), left)
+        -- Per-event costs (<= 10^15) and allowances are below 2^53: exact.
+        included = math.min(cost, left)
       end
+    end
+    local billed = cost - included
+
+    -- Check every counter this event moves before writing any of them.
+    local org_id, user_id, total_id = counter(spend, 'org'), counter(spend, 'u:' .. user),
+      counter(spend, 't:' .. user)
+    local org_after, user_after, total_after =
+      plus(org_id, billed), plus(user_id, billed), plus(total_id, cost)
+    local balance_id, balance_after
+    local draws = self_serve and billed > 0
+    if draws then
+      balance_id = counter(base .. ':balance', nil)
+      balance_after = plus(balance_id, -billed)
+    end
+    if within(org_after) and within(user_after) and within(total_after)
+        and (not draws or within(balance_after)) then
+      local billed_text = string.format('%d', billed)
       if included > 0 then
         redis.call('HINCRBY', spend, 'a:' .. user, string.format('%d', included))
       end
+      redis.call('HINCRBY', spend, 'org', billed_text)
+      redis.call('HINCRBY', spend, 'u:' .. user, billed_text)
+      redis.call('HINCRBY', spend, 't:' .. user, string.format('%d', cost))
+      counters[org_id], counters[user_id], counters[total_id] = org_after, user_after, total_after
+      if draws then
+        redis.call('DECRBY', base .. ':balance', billed_text)
+        counters[balance_id] = balance_after
+      end
+      redis.call('HSET', ids, event_id,
+        digest .. '|' .. partition .. '|' .. offset .. '|' .. string.format('%d', included))
+      outcomes[i] = 'A|' .. string.format('%d', included)
+    else
+      redis.call('HSET', ids, event_id, digest .. '|' .. partition .. '|' .. offset .. '|O')
+      outcomes[i] = 'O'
     end
-    local billed = tonumber(cost) - included
-    local billed_text = string.format('%d', billed)
-    redis.call('HINCRBY', spend, 'org', billed_text)
-    redis.call('HINCRBY', spend, 'u:' .. user, billed_text)
-    redis.call('HINCRBY', spend, 't:' .. user, cost)
-    if self_serve and billed > 0 then
-      redis.call('DECRBY', base .. ':balance', billed_text)
-    end
-    redis.call('HSET', ids, event_id,
-      digest .. '|' .. partition .. '|' .. offset .. '|' .. string.format('%d', included))
-    outcomes[i] = 'A|' .. string.format('%d', included)
   end
   touched[month] = touched[month] or {}
   touched[month][user] = true

@@ -12,6 +12,22 @@
 
 local base = KEYS[1]
 local STRIDE = 8
+-- Checked before anything is written (a Lua script is not rolled back when it fails):
+-- the amounts must be what the usage script could have decided, at most
+-- MAX_EVENT_COST_NANO_USD (10^15, exact as a Lua number) with included <= cost.
+local MAX_EVENT_COST = 1000000000000000
+if #ARGV % STRIDE ~= 0 then
+  return redis.error_reply('ERR restore_usage: arguments come in groups of ' .. STRIDE)
+end
+for at = 1, #ARGV, STRIDE do
+  local cost, included = ARGV[at + 4], ARGV[at + 5]
+  if not (string.match(cost, '^%d+$') and #cost <= 16 and tonumber(cost) <= MAX_EVENT_COST
+          and string.match(included, '^%d+$') and tonumber(included) <= tonumber(cost)
+          and string.match(ARGV[at + 2], '^%d%d%d%d%-%d%d$')
+          and string.match(ARGV[at + 6], '^%d+$') and string.match(ARGV[at + 7], '^%d+$')) then
+    return redis.error_reply('ERR restore_usage: invalid priced event ' .. ARGV[at])
+  end
+end
 local self_serve = redis.call('HGET', base .. ':meta', 'billing_mode') == 'self_serve'
 local applied = 0
 
