@@ -318,6 +318,13 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "event_id_conflict": "an `event_id` seen before with a different payload",
         "invalid_priced_record": "a `usage.priced.v1` record the sink cannot read",
         "invalid_document_record": "a `billing.documents.v1` record the sink cannot read",
+        "amount_out_of_range": "counting the event would take a month's spend, a member's "
+        "total or the balance past $1,000,000,000, or it alone costs more than $1,000,000: "
+        "nothing counted",
+        "enforcement_failed": "Redis refused the enforcement script for the event's org: "
+        "nothing counted for it, the rest of the batch went on",
+        "unstorable_record": "ClickHouse refused the record's row (the rest of its batch "
+        "was stored)",
     },
     AccountRejection: {
         "unknown_org": "an account event for an org with no `org.created`",
@@ -339,6 +346,7 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "duplicate_purchase": "a `purchase_id` that was already credited",
         "renewal_not_later": "a renewal whose term does not start after the current one",
         "not_seat_based": "a migration requested by an org that is usage-based already (R7)",
+        "balance_limit_exceeded": "the credits an org ever bought would pass $1,000,000,000",
     },
     BlockReason: {
         "unknown_member": "the user is not a member of the org",
