@@ -190,10 +190,13 @@ def test_every_refused_account_event_is_dead_lettered_while_the_service_keeps_se
     assert Counter(d["reason"] for d in pipeline.dead()) == Counter(r for r, _ in refused)
     assert process.poll() is None, "metering run died"
 
-    gate = httpx.get(
-        f"{base}/v1/orgs/{good}/members/u1/authorization?surface=cowork",
-        headers=bearer(token(service="frontend")),
-        timeout=5,
+    gate = _when_up(
+        lambda: httpx.get(
+            f"{base}/v1/orgs/{good}/members/u1/authorization?surface=cowork",
+            headers=bearer(token(service="frontend")),
+            timeout=5,
+        ),
+        process,
     )
     assert gate.json() == {"allowed": True, "reason": None}
     deadline = time.monotonic() + 30
@@ -214,6 +217,8 @@ def test_every_refused_account_event_is_dead_lettered_while_the_service_keeps_se
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     pipeline.process = None
+    # No child of `metering run` died on the way (its supervisor would have restarted it).
+    assert "restarting it" not in pipeline.log_path.read_text(errors="replace")
 
     with Store(pipeline.settings.clickhouse_url) as store:
         ledger = Counter(
@@ -242,6 +247,19 @@ def test_every_refused_account_event_is_dead_lettered_while_the_service_keeps_se
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / f"{good}.credit_statement.{month}.001.json").exists()
+
+
+def _when_up(request: Any, process: subprocess.Popen[bytes], timeout_s: float = 90) -> Any:
+    """`request()` once the API child of `process` answers (it starts after the worker;
+    on a loaded machine that can take a while)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return request()
+        except httpx.TransportError:
+            assert process.poll() is None, "metering run died"
+            assert time.monotonic() < deadline, "the API never answered"
+            time.sleep(0.5)
 
 
 def test_a_contract_renews_by_itself_on_its_anniversary(pipeline: Pipeline) -> None:
