@@ -43,7 +43,9 @@ _offsets = itertools.count(1000)
 
 
 def records(topic: str, *events: dict[str, Any]) -> list[SourceRecord]:
-    stamp = int(NOW.timestamp() * 1000)
+    # Received now (not when the module was imported: in a long run the events, stamped
+    # a minute before *their* creation, would be later than that by far — future events).
+    stamp = int(datetime.now(UTC).timestamp() * 1000)
     return [
         SourceRecord(topic, 0, next(_offsets), e["org_id"].encode(), json.dumps(e).encode(), stamp)
         for e in events

@@ -24,7 +24,10 @@ events = st.builds(
     cache_creation_input_tokens=st.integers(0, 10_000_000),
     cache_read_input_tokens=st.integers(0, 10_000_000),
     occurred_at=st.datetimes(
-        min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+        # the contract's range of dates (schemas.common: 2000-01-01 – 2099-12-31)
+        min_value=datetime(2000, 1, 1),
+        max_value=datetime(2099, 12, 31, 23, 59, 59),
+        timezones=st.just(UTC),
     ),
 )
 
