@@ -88,6 +88,11 @@ _TOPIC_VALUES: dict[str, tuple[str, str]] = {
         "a set member, `1` (a removed one: a tombstone)",
         "`metering worker`",
     ),
+    "notification_deliveries": ("notification_delivery.v1.json", "`metering notifier`"),
+    "notification_deadletter": (
+        "notification_dead_letter.v1.json",
+        "`metering notifier`",
+    ),
 }
 
 
@@ -318,6 +323,8 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "event_id_conflict": "an `event_id` seen before with a different payload",
         "invalid_priced_record": "a `usage.priced.v1` record the sink cannot read",
         "invalid_document_record": "a `billing.documents.v1` record the sink cannot read",
+        "invalid_delivery_record": "a `billing.notification_deliveries.v1` record the sink "
+        "cannot read",
     },
     AccountRejection: {
         "unknown_org": "an account event for an org with no `org.created`",

@@ -49,6 +49,7 @@ class Reason(StrEnum):
     EVENT_ID_CONFLICT = "event_id_conflict"  # same event_id, different payload (processor)
     INVALID_PRICED_RECORD = "invalid_priced_record"  # usage.priced.v1 not written by us (sink)
     INVALID_DOCUMENT_RECORD = "invalid_document_record"  # billing.documents.v1 likewise
+    INVALID_DELIVERY_RECORD = "invalid_delivery_record"  # notification deliveries likewise
 
 
 class InvalidEvent(ValueError):
