@@ -7,7 +7,7 @@ import logging
 import typer
 
 from metering import logs
-from metering.cli import deadletter, stack, token
+from metering.cli import deadletter, notifier, stack, token
 from metering.cli.dashboard import dashboard
 from metering.cli.demo import demo
 from metering.cli.emit import emit
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(deadletter.app, name="deadletter")
 app.add_typer(token.app, name="token")
+app.add_typer(notifier.app, name="notifier")
 app.command()(emit)
 app.command()(demo)
 app.command()(rebuild)
@@ -114,19 +115,21 @@ def api(
 def run(
     loglevel: str | None = typer.Option(None, help=LOGLEVEL_HELP),
 ) -> None:
-    """All-in-one: the stream processors (this process) and, in a child process, the
+    """All-in-one: the stream processors (this process) and, in child processes, the
     HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
-    embedded store)."""
+    embedded store), and the notifier."""
     from metering.clickhouse.service import spawn_child  # noqa: PLC0415
     from metering.stack.process import stop_child  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
 
     child = spawn_child("api", "--with-sink")
+    notifier_child = spawn_child("notifier")
     try:
         run_worker(
             Settings().model_copy(update={"sink_in_worker": False}), _faust_loglevel(loglevel)
         )
     finally:
+        stop_child(notifier_child)
         stop_child(child)
 
 
