@@ -79,14 +79,13 @@ def register(settings: Settings, org: str, url: str) -> str:
     applied it (GET answers it); return the signing secret the API revealed."""
     with TestClient(create_api(settings)) as client:
         owner = bearer(token(org, OWNER["user_id"]))
-        answer = client.put(
-            f"/v1/orgs/{org}/notification-endpoint", json={"url": url}, headers=owner
-        )
+        path = f"/v1/orgs/{org}/notification-endpoint"
+        answer = client.put(path, json={"url": url}, headers=owner)
         assert answer.status_code == 202, answer.text
         secret: str = answer.json()["secret"]
         assert secret.startswith("whsec_")
         deadline = time.monotonic() + 30
-        while client.get(f"/v1/orgs/{org}/notification-endpoint", headers=owner).status_code != 200:
+        while client.get(path, headers=owner).status_code != 200:
             assert time.monotonic() < deadline, "the endpoint was never applied"
             time.sleep(0.1)
     return secret
@@ -345,7 +344,10 @@ def test_email_goes_to_the_owners_and_the_member_concerned(
                 assert to == owners
             assert message["From"] == "Billing <billing@example.com>"
             assert message.is_multipart()
-            text, html = (part.get_payload(decode=True).decode() for part in message.get_payload())
+            text, html = (
+                part.get_content()
+                for part in message.iter_parts()  # type: ignore[attr-defined]
+            )
             assert notification["notification_id"] in text and "<table>" in html
             assert f"/orgs/{org}/usage" in text
         assert {d["channel"] for d in pipeline.deliveries()} == {"email"}  # no endpoint
