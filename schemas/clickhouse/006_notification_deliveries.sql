@@ -10,7 +10,7 @@ CREATE TABLE IF NOT EXISTS {db}.notification_deliveries
     kind               LowCardinality(String),
     subject            String,                       -- the user_id, or '' for the org
     channel            LowCardinality(String),       -- webhook, email
-    drive              String,                       -- '' the first time; set when re-driven
+    drive              String,                       -- '' the first time, the dead letter's position when re-driven
     step               UInt32,
     attempt            UInt32,
     status             LowCardinality(String),       -- delivered, retrying, deferred, failed, cancelled

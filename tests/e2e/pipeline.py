@@ -164,7 +164,12 @@ class Pipeline:
         return consumer_lag(
             self.settings.kafka_bootstrap,
             self.settings.sink_group_id,
-            [self.topics.usage_priced, self.topics.account_events, self.topics.documents],
+            [
+                self.topics.usage_priced,
+                self.topics.account_events,
+                self.topics.documents,
+                self.topics.notification_deliveries,
+            ],
         )
 
     def wait_caught_up(self, timeout_s: float = 300.0) -> None:

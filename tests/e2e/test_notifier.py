@@ -6,6 +6,7 @@ Kafka). Retries are made short by the settings, never by mocking time."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import time
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
 from metering.api.app import create_api
+from metering.clickhouse.store import Store
 from metering.notify.secrets import webhook_secret
 from metering.settings import Settings
 from schemas.outputs import Notification, NotificationKind
@@ -155,6 +157,7 @@ def test_a_receiver_failing_twice_gets_the_same_id_three_times(
 ) -> None:
     # Given a receiver that answers 500 to the first two requests of each webhook
     notifying(pipeline)
+    pipeline.sink = True  # the attempts go to ClickHouse, and so to the Usage page
     receiver = WebhookReceiver(answer=lambda n, _path: 500 if n <= 2 else 200).start()
     try:
         org = "org_flaky"
@@ -181,6 +184,28 @@ def test_a_receiver_failing_twice_gets_the_same_id_three_times(
             if d["notification_id"] == notification_id
         ]
         assert steps == [(1, "retrying", 500), (2, "retrying", 500), (3, "delivered", 200)]
+
+        # …and the owners see the three attempts on the Usage page (from ClickHouse)
+        pipeline.wait_caught_up()
+        pipeline.stop_worker()  # its sink child owns the embedded store: hand it over
+        with (
+            Store(pipeline.settings.resolved_clickhouse_url) as store,
+            TestClient(create_api(pipeline.settings, store=store)) as client,
+        ):
+            page = client.get(f"/orgs/{org}/usage", params={"token": token(org, "owner")})
+            member = client.get(f"/orgs/{org}/usage", params={"token": token(org, "u1")})
+        assert page.status_code == 200, page.text
+        rows = re.findall(
+            r'data-notification="([^"]+)" data-status="(\w+)".*?<td class="num">(\d+)</td>',
+            page.text,
+            re.S,
+        )
+        assert sorted(rows) == [
+            (notification_id, "delivered", "3"),
+            (notification_id, "retrying", "1"),
+            (notification_id, "retrying", "2"),
+        ]
+        assert 'id="deliveries"' not in member.text  # members do not see them
     finally:
         receiver.stop()
 
