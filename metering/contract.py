@@ -42,7 +42,17 @@ from schemas.documents import (
     IssuedDocumentRecord,
 )
 from schemas.money import format_usd
-from schemas.outputs import DeadLetter, Notification, NotificationKind, PricedUsage
+from schemas.outputs import (
+    DeadLetter,
+    DeliveryChannel,
+    DeliveryDeadLetter,
+    DeliveryFailure,
+    DeliveryStatus,
+    Notification,
+    NotificationDelivery,
+    NotificationKind,
+    PricedUsage,
+)
 from schemas.usage import Surface, UsageEvent
 from schemas.validation import Reason
 
@@ -198,6 +208,8 @@ def outputs_block(_here: Path) -> str:
         ("`usage.deadletter.v1`", DeadLetter),
         ("`billing.notifications.v1`", Notification),
         ("`billing.documents.v1`", IssuedDocumentRecord),
+        ("`billing.notification_deliveries.v1`", NotificationDelivery),
+        ("`billing.notification_deadletter.v1`", DeliveryDeadLetter),
         ("a document (`<document_id>.json`)", Document),
         ("a document line", DocumentLine),
     ]
@@ -347,6 +359,14 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "renewal_not_later": "a renewal whose term does not start after the current one",
         "not_seat_based": "a migration requested by an org that is usage-based already (R7)",
     },
+    DeliveryFailure: {
+        "retries_exhausted": "the receiver kept failing (timeouts, connection errors, 408, "
+        "429, 5xx; SMTP 4xx) for 24 h (`METERING_NOTIFY_RETRY_HOURS`) after the first attempt",
+        "refused": "the receiver gave a final answer: HTTP 4xx other than 408/429, or 3xx "
+        "(redirects are not followed); SMTP 5xx",
+        "address_not_allowed": "the endpoint's host resolved to a loopback, private, "
+        "link-local or other non-public address when connecting (SSRF protection)",
+    },
     BlockReason: {
         "unknown_member": "the user is not a member of the org",
         "surface_not_in_seat": "the member's seat does not include this surface (R10)",
@@ -368,6 +388,10 @@ _REASON_SOURCES: list[tuple[type[StrEnum], str]] = [
         BlockReason,
         "the gate's `reason` (in this order of priority, R15); `stopped`/`resumed` "
         "notifications' `reason`",
+    ),
+    (
+        DeliveryFailure,
+        "a delivery given up (`billing.notification_deadletter.v1` `reason`); re-drivable",
     ),
 ]
 
@@ -394,6 +418,8 @@ def enums_block(_here: Path) -> str:
         ("seat type", SeatType),
         ("surface", Surface),
         ("notification kind", NotificationKind),
+        ("delivery channel (`billing.notification_deliveries.v1`)", DeliveryChannel),
+        ("delivery status", DeliveryStatus),
         ("document kind", DocumentKind),
         ("document origin (`billing.documents.v1`)", DocumentOrigin),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -28,13 +29,13 @@ def local(api_pipeline: Pipeline) -> Iterator[TestClient]:
         yield test_client
 
 
-def until(client: TestClient, path: str, status: int) -> dict[str, object]:
+def until(client: TestClient, path: str, status: int) -> dict[str, Any]:
     """GET `path` as an owner until it answers `status` (the worker applied the change)."""
     deadline = time.monotonic() + 30
     while (answer := client.get(path, headers=bearer(token(ORG_A, "olga")))).status_code != status:
         assert time.monotonic() < deadline, answer.text
         time.sleep(0.05)
-    body: dict[str, object] = answer.json()
+    body: dict[str, Any] = answer.json()
     return body
 
 
@@ -119,7 +120,7 @@ def test_only_owners_of_the_org_may(local: TestClient) -> None:
 def test_owners_route_kinds_to_webhook_and_email(local: TestClient) -> None:
     owner = bearer(token(ORG_A, "olga"))
     everything = ["balance_low", "resumed", "stopped", "threshold_reached"]
-    assert sorted(until(local, SETTINGS, 200)["webhook_kinds"]) == everything  # type: ignore[arg-type]
+    assert sorted(until(local, SETTINGS, 200)["webhook_kinds"]) == everything
     change = {"webhook_kinds": ["stopped", "threshold_reached"], "email_kinds": []}
     assert local.put(SETTINGS, json=change, headers=owner).status_code == 202
     deadline = time.monotonic() + 30
