@@ -462,3 +462,58 @@ def test_the_notifier_checks_the_address_again_when_it_connects() -> None:
         assert [o.verdict for o in allowed] == [Verdict.DELIVERED] * 2
     finally:
         receiver.stop()
+
+
+def test_endpoints_and_addresses_survive_a_redis_rebuild(pipeline: Pipeline) -> None:
+    """Where notifications go is account state: `metering rebuild --flush` restores the
+    endpoint, the routing and the members' addresses from the log."""
+    import redis as redis_client
+
+    from metering.enforcement.keys import OrgKeys
+    from metering.enforcement.state_codec import decode_account
+
+    org = "org_rebuilt"
+    pipeline.start_worker()
+    pipeline.send_accounts(
+        *new_org(org),
+        account(
+            org,
+            "notification_endpoint.set",
+            {"url": "https://hooks.example.com/x", "secret_id": "s1"},
+        ),
+        account(org, "notification_routing.set", {"webhook": ["stopped"], "email": ["resumed"]}),
+        account(
+            org,
+            "member.updated",
+            {
+                "user_id": "u1",
+                "role": "member",
+                "seat_type": "enterprise",
+                "email": "u1@example.com",
+            },
+        ),
+    )
+    client = redis_client.Redis.from_url(pipeline.settings.redis_url)
+    key = OrgKeys(pipeline.settings.redis_prefix, org).account
+
+    def state() -> Any:
+        return decode_account(client.get(key))
+
+    deadline = time.monotonic() + 30
+    while (found := state()) is None or found.members["u1"].email is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    before = client.get(key)
+    pipeline.stop_worker()
+
+    result = run_metering("rebuild", "--flush", **pipeline.env())
+    assert result.returncode == 0, result.stderr
+    assert client.get(key) == before
+    rebuilt = state()
+    assert rebuilt.webhook is not None and rebuilt.webhook.url == "https://hooks.example.com/x"
+    assert (rebuilt.webhook_kinds, rebuilt.email_kinds) == (
+        (NotificationKind.STOPPED,),
+        (NotificationKind.RESUMED,),
+    )
+    assert rebuilt.members["u1"].email == "u1@example.com"
+    client.close()
