@@ -57,6 +57,10 @@ class WebhookEndpoint:
 
     url: str
     secret_id: str
+    # After a rotation the previous secret still signs for a while (both signatures are
+    # sent), so a receiver that has not switched yet does not refuse the webhooks.
+    previous_secret_id: str | None = None
+    rotated_at: str | None = None  # ISO timestamp of the rotation (the event's)
 
 
 @dataclass(frozen=True)

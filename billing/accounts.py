@@ -324,7 +324,15 @@ def _configure_notifications(
     if refused:
         return refused
     if isinstance(event, NotificationEndpointSet):
-        endpoint = WebhookEndpoint(event.data.url, event.data.secret_id)
+        old, new_id = state.webhook, event.data.secret_id
+        if old is None:
+            endpoint = WebhookEndpoint(event.data.url, new_id)
+        elif old.secret_id == new_id:  # the URL changed, the secret did not
+            endpoint = replace(old, url=event.data.url)
+        else:  # a rotation: the previous secret keeps signing for a while
+            endpoint = WebhookEndpoint(
+                event.data.url, new_id, old.secret_id, event.occurred_at.isoformat()
+            )
         return replace(state, webhook=endpoint)
     if isinstance(event, NotificationEndpointRemoved):
         return replace(state, webhook=None)

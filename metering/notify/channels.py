@@ -71,14 +71,16 @@ class WebhookSender:
             )
         return self._session
 
-    async def send(self, url: str, secret: str, msg_id: str, body: str) -> Outcome:
+    async def send(self, url: str, secrets: list[str], msg_id: str, body: str) -> Outcome:
+        """`secrets`: the org's current secret, and after a rotation the previous one
+        too — one signature each, space-separated (receivers accept any that verifies)."""
         now = datetime.now(UTC)
         headers = {
             "content-type": "application/json",
             "user-agent": USER_AGENT,
             "webhook-id": msg_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": Webhook(secret).sign(msg_id, now, body),
+            "webhook-signature": " ".join(Webhook(s).sign(msg_id, now, body) for s in secrets),
         }
         started = time.perf_counter()
         try:

@@ -88,6 +88,7 @@ JITTER = 0.2
 RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # Kafka/Redis errors: retried, never given up
 SMTP_TIMEOUT_S = 30.0
 EXIT_UNEXPECTED = 70
+ROTATION_OVERLAP = timedelta(hours=24)  # the previous secret signs too, for this long
 SMTP = "smtp"  # the per-endpoint limiter of the SMTP server
 OWNER_KINDS = frozenset(NotificationKind)  # every kind goes to the owners
 MEMBER_KINDS = frozenset(
@@ -241,11 +242,16 @@ class Notifier:
             endpoint = state.webhook
             if endpoint is None or notification.kind not in state.webhook_kinds:
                 return None
-            secret = webhook_secret(self._key, state.org_id, endpoint.secret_id)
+            secret_ids = [endpoint.secret_id]
+            if endpoint.previous_secret_id and endpoint.rotated_at:
+                rotated = datetime.fromisoformat(endpoint.rotated_at)
+                if datetime.now(UTC) - rotated < ROTATION_OVERLAP:
+                    secret_ids.append(endpoint.previous_secret_id)
+            secrets = [webhook_secret(self._key, state.org_id, i) for i in secret_ids]
             body = webhook_body(notification, job.decided_at, self._settings.console_url)
             msg_id = notification.notification_id
             url = endpoint.url
-            return Target(url, url, lambda: self._webhooks.send(url, secret, msg_id, body))
+            return Target(url, url, lambda: self._webhooks.send(url, secrets, msg_id, body))
         email = self._email
         if email is None or notification.kind not in state.email_kinds:
             return None

@@ -65,3 +65,24 @@ def test_an_email_stays_with_the_member_through_updates_and_a_migration() -> Non
         ),
     )
     assert isinstance(changed, OrgAccount) and changed.members["m"].email == "m@example.com"
+
+
+def test_a_rotation_keeps_the_previous_secret_for_the_overlap() -> None:
+    moved = {"url": "https://hooks.example.com/new", "secret_id": "s1"}
+    rotated = {"url": "https://hooks.example.com/new", "secret_id": "s2"}
+    state = fold(
+        *org(),
+        event("notification_endpoint.set", ENDPOINT),
+        event("notification_endpoint.set", moved, at="2026-11-02T00:00:00Z"),
+    )
+    assert isinstance(state, OrgAccount) and state.webhook is not None
+    assert (state.webhook.secret_id, state.webhook.previous_secret_id) == ("s1", None)
+    state = fold(
+        *org(),
+        event("notification_endpoint.set", ENDPOINT),
+        event("notification_endpoint.set", rotated, at="2026-11-03T00:00:00Z"),
+    )
+    assert isinstance(state, OrgAccount) and state.webhook is not None
+    assert state.webhook == WebhookEndpoint(
+        "https://hooks.example.com/new", "s2", "s1", "2026-11-03T00:00:00+00:00"
+    )

@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis as redis_client
 from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
 from metering.api.app import create_api
 from metering.clickhouse.store import Store
+from metering.enforcement.keys import OrgKeys
+from metering.enforcement.state_codec import decode_account
 from metering.notify.secrets import webhook_secret
 from metering.settings import Settings
 from schemas.outputs import Notification, NotificationKind
@@ -150,6 +153,41 @@ def test_thresholds_arrive_once_each_with_valid_signatures(
     # a tampered body does not verify
     with pytest.raises(Exception, match="signature"):
         Webhook(secret).verify(receiver.taken()[0].body + b" ", receiver.taken()[0].headers)
+
+
+def test_after_a_rotation_both_secrets_verify(
+    pipeline: Pipeline, receiver: WebhookReceiver, notifier: list[subprocess.Popen[bytes]]
+) -> None:
+    """A receiver that has not switched to the new secret yet still verifies the
+    webhooks sent after a rotation (both signatures are sent for 24 h)."""
+    notifying(pipeline)
+    org = "org_rotated"
+    pipeline.start_worker()
+    notifier.append(pipeline.spawn("notifier"))
+    capped_org(pipeline, org)
+    old = register(pipeline.settings, org, receiver.url())
+    with TestClient(create_api(pipeline.settings)) as client:
+        answer = client.put(
+            f"/v1/orgs/{org}/notification-endpoint",
+            json={"url": receiver.url(), "rotate_secret": True},
+            headers=bearer(token(org, OWNER["user_id"])),
+        )
+    new = answer.json()["secret"]
+    assert new != old
+    client = redis_client.Redis.from_url(pipeline.settings.redis_url)
+    key = OrgKeys(pipeline.settings.redis_prefix, org).account
+    deadline = time.monotonic() + 30
+    while b'previous_secret_id":"' not in (client.get(key) or b""):  # applied
+        assert time.monotonic() < deadline, "the rotation was never applied"
+        time.sleep(0.1)
+    client.close()
+
+    pipeline.send_usage(spend(org, "u1", 6))
+    receiver.wait(lambda r: len(r.taken()) == 1)
+    (request,) = receiver.taken()
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        Webhook(secret).verify(request.body, request.headers)
 
 
 def test_a_receiver_failing_twice_gets_the_same_id_three_times(
@@ -444,7 +482,7 @@ def test_the_notifier_checks_the_address_again_when_it_connects() -> None:
             sender = WebhookSender(timeout_s=2, concurrency=1, allow_private=allow)
             try:
                 return [
-                    await sender.send(url, "whsec_" + "A" * 43 + "=", "id1", json.dumps({}))
+                    await sender.send(url, ["whsec_" + "A" * 43 + "="], "id1", json.dumps({}))
                     for url in (
                         f"http://localhost:{receiver.port}/",
                         f"http://127.0.0.1:{receiver.port}/",
@@ -467,11 +505,6 @@ def test_the_notifier_checks_the_address_again_when_it_connects() -> None:
 def test_endpoints_and_addresses_survive_a_redis_rebuild(pipeline: Pipeline) -> None:
     """Where notifications go is account state: `metering rebuild --flush` restores the
     endpoint, the routing and the members' addresses from the log."""
-    import redis as redis_client
-
-    from metering.enforcement.keys import OrgKeys
-    from metering.enforcement.state_codec import decode_account
-
     org = "org_rebuilt"
     pipeline.start_worker()
     pipeline.send_accounts(
