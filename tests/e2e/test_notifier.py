@@ -174,13 +174,13 @@ def test_after_a_rotation_both_secrets_verify(
         )
     new = answer.json()["secret"]
     assert new != old
-    client = redis_client.Redis.from_url(pipeline.settings.redis_url)
+    store = redis_client.Redis.from_url(pipeline.settings.redis_url)
     key = OrgKeys(pipeline.settings.redis_prefix, org).account
     deadline = time.monotonic() + 30
-    while b'previous_secret_id":"' not in (client.get(key) or b""):  # applied
+    while b'previous_secret_id":"' not in (store.get(key) or b""):  # applied
         assert time.monotonic() < deadline, "the rotation was never applied"
         time.sleep(0.1)
-    client.close()
+    store.close()
 
     pipeline.send_usage(spend(org, "u1", 6))
     receiver.wait(lambda r: len(r.taken()) == 1)
