@@ -33,6 +33,7 @@ BENCHMARKS = {
     "clickhouse": "clickhouse",
     "api": "api",
     "billing": "billing",
+    "notifier": "notifier",
 }
 
 Row = tuple[str, str, str]  # what, result, target
@@ -116,12 +117,25 @@ def _billing(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _notifier(r: dict[str, Any]) -> list[Row]:
+    t, p = r["throughput"], r["latency"]
+    return [
+        (
+            f"notifications delivered (webhooks, {t['orgs']} endpoints)",
+            f"{t['delivered_per_s']:,}/s ({t['notifications']:,} notifications)",
+            "",
+        ),
+        (f"decision → webhook receipt at {p['rate_per_s']}/s", _ms(p), ""),
+    ]
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "emitter": _emitter,
     "enforcement": _enforcement,
     "clickhouse": _clickhouse,
     "api": _api,
     "billing": _billing,
+    "notifier": _notifier,
 }
 
 

@@ -11,6 +11,9 @@ from enum import StrEnum
 
 from schemas.account import DEFAULT_NOTIFICATION_THRESHOLDS, BillingMode, Plan, Role, SeatType
 from schemas.documents import Document
+from schemas.outputs import NotificationKind
+
+ALL_KINDS: tuple[NotificationKind, ...] = tuple(NotificationKind)
 
 MONEY_ROLES = frozenset({Role.PRIMARY_OWNER, Role.OWNER})
 
@@ -45,6 +48,20 @@ class Rejected:
 class Member:
     seat: SeatType
     role: Role
+    email: str | None = None  # where their notifications go (owners: the org's too)
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    """The org's webhook: its URL and the id its signing secret is derived from (the
+    secret itself is never in the log or the state: `metering.notify.secrets`)."""
+
+    url: str
+    secret_id: str
+    # After a rotation the previous secret still signs for a while (both signatures are
+    # sent), so a receiver that has not switched yet does not refuse the webhooks.
+    previous_secret_id: str | None = None
+    rotated_at: str | None = None  # ISO timestamp of the rotation (the event's)
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,10 @@ class OrgAccount:
     # date) the seats already invoiced for it, by type — each seat is paid once per term.
     seat_invoice_sequences: dict[str, int] = field(default_factory=dict)
     seats_invoiced: dict[str, dict[SeatType, int]] = field(default_factory=dict)
+    # Notification delivery (metering notifier): the webhook, and which kinds go where.
+    webhook: WebhookEndpoint | None = None
+    webhook_kinds: tuple[NotificationKind, ...] = ALL_KINDS
+    email_kinds: tuple[NotificationKind, ...] = ALL_KINDS
 
     def members_holding(self, seat: SeatType) -> int:
         return sum(1 for member in self.members.values() if member.seat is seat)

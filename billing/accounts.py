@@ -31,6 +31,7 @@ from billing.account_state import (
     Member,
     OrgAccount,
     Rejected,
+    WebhookEndpoint,
 )
 from billing.pricing import PriceBook
 from billing.proration import anniversaries_until, term_containing, term_end
@@ -46,6 +47,9 @@ from schemas.account import (
     MemberAdded,
     MemberRemoved,
     MemberUpdated,
+    NotificationEndpointRemoved,
+    NotificationEndpointSet,
+    NotificationRoutingSet,
     OrgCreated,
     Plan,
     PlanMigrationRequested,
@@ -64,6 +68,7 @@ __all__ = [
     "Member",
     "OrgAccount",
     "Rejected",
+    "WebhookEndpoint",
     "apply_account_event",
     "is_legacy",
     "migrate_to_usage_based",
@@ -119,6 +124,8 @@ def _apply_to_existing(  # noqa: PLR0911 - one return per event type reads best
             return _renew(state, event)
         case PlanMigrationRequested():
             return _migrate_on_request(state, event)
+        case NotificationEndpointSet() | NotificationEndpointRemoved() | NotificationRoutingSet():
+            return _configure_notifications(state, event)
     raise AssertionError(f"unhandled account event {type(event).__name__}")  # pragma: no cover
 
 
@@ -182,9 +189,8 @@ def _add_member(state: OrgAccount, event: MemberAdded) -> OrgAccount | Rejected:
     refused = _seat_fits(state, data.seat_type) or _seat_available(state, data.seat_type)
     if refused:
         return refused
-    return replace(
-        state, members={**state.members, data.user_id: Member(data.seat_type, data.role)}
-    )
+    member = Member(data.seat_type, data.role, data.email)
+    return replace(state, members={**state.members, data.user_id: member})
 
 
 def _remove_member(state: OrgAccount, event: MemberRemoved) -> OrgAccount | Rejected:
@@ -234,7 +240,9 @@ def _update_member(state: OrgAccount, event: MemberUpdated) -> OrgAccount | Reje
         refused = _seat_fits(state, data.seat_type) or _seat_available(state, data.seat_type)
         if refused:
             return refused
-    members[data.user_id] = Member(data.seat_type, data.role)
+    # An absent email keeps the member's address; a given one replaces it.
+    email = data.email if data.email is not None else current.email
+    members[data.user_id] = Member(data.seat_type, data.role, email)
     return replace(state, members=members)
 
 
@@ -313,6 +321,37 @@ def _set_cap(state: OrgAccount, event: SpendCapSet) -> OrgAccount | Rejected:
     return replace(state, user_caps_nano_usd=caps)
 
 
+# -- notification delivery ------------------------------------------------------------
+
+
+def _configure_notifications(
+    state: OrgAccount,
+    event: NotificationEndpointSet | NotificationEndpointRemoved | NotificationRoutingSet,
+) -> OrgAccount | Rejected:
+    """Owners (R14) say where notifications go; the notifier reads it from the state."""
+    refused = _authorized(state, event.actor)
+    if refused:
+        return refused
+    if isinstance(event, NotificationEndpointSet):
+        old, new_id = state.webhook, event.data.secret_id
+        if old is None:
+            endpoint = WebhookEndpoint(event.data.url, new_id)
+        elif old.secret_id == new_id:  # the URL changed, the secret did not
+            endpoint = replace(old, url=event.data.url)
+        else:  # a rotation: the previous secret keeps signing for a while
+            endpoint = WebhookEndpoint(
+                event.data.url, new_id, old.secret_id, event.occurred_at.isoformat()
+            )
+        return replace(state, webhook=endpoint)
+    if isinstance(event, NotificationEndpointRemoved):
+        return replace(state, webhook=None)
+    return replace(
+        state,
+        webhook_kinds=tuple(sorted(set(event.data.webhook))),
+        email_kinds=tuple(sorted(set(event.data.email))),
+    )
+
+
 # -- the contract -----------------------------------------------------------------------
 
 
@@ -364,7 +403,7 @@ def migrate_to_usage_based(state: OrgAccount) -> OrgAccount:
         extra_usage=False,
         seats={SeatType.ENTERPRISE: total_seats} if total_seats else {},
         pending_seat_removals={SeatType.ENTERPRISE: pending} if pending else {},
-        members={u: Member(SeatType.ENTERPRISE, m.role) for u, m in state.members.items()},
+        members={u: replace(m, seat=SeatType.ENTERPRISE) for u, m in state.members.items()},
     )
 
 

@@ -42,7 +42,17 @@ from schemas.documents import (
     IssuedDocumentRecord,
 )
 from schemas.money import format_usd
-from schemas.outputs import DeadLetter, Notification, NotificationKind, PricedUsage
+from schemas.outputs import (
+    DeadLetter,
+    DeliveryChannel,
+    DeliveryDeadLetter,
+    DeliveryFailure,
+    DeliveryStatus,
+    Notification,
+    NotificationDelivery,
+    NotificationKind,
+    PricedUsage,
+)
 from schemas.usage import Surface, UsageEvent
 from schemas.validation import Reason
 
@@ -87,6 +97,11 @@ _TOPIC_VALUES: dict[str, tuple[str, str]] = {
     "notification_marks": (
         "a set member, `1` (a removed one: a tombstone)",
         "`metering worker`",
+    ),
+    "notification_deliveries": ("notification_delivery.v1.json", "`metering notifier`"),
+    "notification_deadletter": (
+        "notification_dead_letter.v1.json",
+        "`metering notifier`",
     ),
 }
 
@@ -193,6 +208,8 @@ def outputs_block(_here: Path) -> str:
         ("`usage.deadletter.v1`", DeadLetter),
         ("`billing.notifications.v1`", Notification),
         ("`billing.documents.v1`", IssuedDocumentRecord),
+        ("`billing.notification_deliveries.v1`", NotificationDelivery),
+        ("`billing.notification_deadletter.v1`", DeliveryDeadLetter),
         ("a document (`<document_id>.json`)", Document),
         ("a document line", DocumentLine),
     ]
@@ -325,6 +342,8 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "nothing counted for it, the rest of the batch went on",
         "unstorable_record": "ClickHouse refused the record's row (the rest of its batch "
         "was stored)",
+        "invalid_delivery_record": "a `billing.notification_deliveries.v1` record the sink "
+        "cannot read",
     },
     AccountRejection: {
         "unknown_org": "an account event for an org with no `org.created`",
@@ -348,6 +367,14 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "not_seat_based": "a migration requested by an org that is usage-based already (R7)",
         "balance_limit_exceeded": "the credits an org ever bought would pass $1,000,000,000",
     },
+    DeliveryFailure: {
+        "retries_exhausted": "the receiver kept failing (timeouts, connection errors, 408, "
+        "429, 5xx; SMTP 4xx) for 24 h (`METERING_NOTIFY_RETRY_HOURS`) after the first attempt",
+        "refused": "the receiver gave a final answer: HTTP 4xx other than 408/429, or 3xx "
+        "(redirects are not followed); SMTP 5xx",
+        "address_not_allowed": "the endpoint's host resolved to a loopback, private, "
+        "link-local or other non-public address when connecting (SSRF protection)",
+    },
     BlockReason: {
         "unknown_member": "the user is not a member of the org",
         "surface_not_in_seat": "the member's seat does not include this surface (R10)",
@@ -369,6 +396,10 @@ _REASON_SOURCES: list[tuple[type[StrEnum], str]] = [
         BlockReason,
         "the gate's `reason` (in this order of priority, R15); `stopped`/`resumed` "
         "notifications' `reason`",
+    ),
+    (
+        DeliveryFailure,
+        "a delivery given up (`billing.notification_deadletter.v1` `reason`); re-drivable",
     ),
 ]
 
@@ -395,6 +426,8 @@ def enums_block(_here: Path) -> str:
         ("seat type", SeatType),
         ("surface", Surface),
         ("notification kind", NotificationKind),
+        ("delivery channel (`billing.notification_deliveries.v1`)", DeliveryChannel),
+        ("delivery status", DeliveryStatus),
         ("document kind", DocumentKind),
         ("document origin (`billing.documents.v1`)", DocumentOrigin),
     ]

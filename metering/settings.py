@@ -184,6 +184,63 @@ class Settings(BaseSettings):
         description="`metering run` restarts a child that died after this many seconds, "
         "doubling up to 60 s while it keeps dying within a minute of its start",
     )
+    # Notification delivery (`metering notifier`, README › Notification delivery).
+    notifier_group_id: str = Field(
+        default="metering-notifier", description="consumer group (faust app id) of the notifier"
+    )
+    console_url: str = Field(
+        default="http://localhost:8080",
+        description="public base URL of the console: notifications link to "
+        "`<console_url>/orgs/<org>/usage`",
+    )
+    webhook_signing_key: str = Field(
+        default="",
+        description="key (≥ 32 characters) every webhook signing secret is derived from; the "
+        "same on every API and notifier process; changing it changes every org's secret",
+        json_schema_extra={"shown": "a random key in `var/webhook-signing-key`"},
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="allow webhook endpoints on loopback, private, link-local and other "
+        "non-public addresses, and plain `http://` (local use, tests, the demo); off, they "
+        "are refused at registration (422) and again when connecting, after DNS",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="how long one webhook request may take"
+    )
+    notify_retry_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="a delivery that keeps failing (timeouts, connection errors, 408, 429, "
+        "5xx, SMTP 4xx) is retried for this long after its first attempt, then dead-lettered",
+    )
+    notify_retry_base_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="the first retry's delay; each next one doubles, ±20 % jitter…",
+    )
+    notify_retry_max_seconds: float = Field(
+        default=3600.0, gt=0, description="…up to this delay between two attempts"
+    )
+    notify_concurrency: int = Field(
+        default=32, ge=1, description="deliveries the notifier has in flight at once, overall"
+    )
+    notify_endpoint_concurrency: int = Field(
+        default=4,
+        ge=1,
+        description="requests in flight to one webhook endpoint (or the SMTP server) at once; "
+        "more waiting than 25 × this are deferred (retried later, not counted as attempts)",
+    )
+    smtp_url: str = Field(
+        default="",
+        description="`smtp://[user:pass@]host[:port]` (STARTTLS when the server offers it) or "
+        "`smtps://…` (TLS from the start); empty: no email",
+        json_schema_extra={"shown": "empty (email off)"},
+    )
+    smtp_from: str = Field(
+        default="Usage metering <notifications@localhost>",
+        description="the From address of notification emails",
+    )
     # Fault injection for the crash tests only: exit after this many stored batches,
     # between the insert and the offset commit (0: never).
     sink_exit_after_batches: int = Field(

@@ -29,6 +29,8 @@ USAGE_DEADLETTER = "usage.deadletter.v1"
 NOTIFICATIONS = "billing.notifications.v1"
 DOCUMENTS = "billing.documents.v1"
 NOTIFICATION_MARKS = "billing.notification_marks.v1"
+NOTIFICATION_DELIVERIES = "billing.notification_deliveries.v1"
+NOTIFICATION_DEADLETTER = "billing.notification_deadletter.v1"
 
 _FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 # The broker stamps input records on arrival: the future-event check (G4) compares with
@@ -80,6 +82,14 @@ class TopicNames:
     def notification_marks(self) -> str:
         return self.namespace + NOTIFICATION_MARKS
 
+    @property
+    def notification_deliveries(self) -> str:
+        return self.namespace + NOTIFICATION_DELIVERIES
+
+    @property
+    def notification_deadletter(self) -> str:
+        return self.namespace + NOTIFICATION_DEADLETTER
+
     def specs(self) -> tuple[TopicSpec, ...]:
         return (
             TopicSpec(self.usage_events, "raw usage events from product services", _INPUT),
@@ -106,6 +116,18 @@ class TopicNames:
                 "which notifications were sent (compacted): what `metering rebuild` restores "
                 "so none is sent twice, kept as long as it matters",
                 {"cleanup.policy": "compact"},
+            ),
+            TopicSpec(
+                self.notification_deliveries,
+                "each delivery attempt of a notification (webhook, email) and the schedule "
+                "of its retries, which the notifier reads back",
+                {"retention.ms": _NINETY_DAYS_MS},
+            ),
+            TopicSpec(
+                self.notification_deadletter,
+                "deliveries given up (retries exhausted, refused by the receiver, address "
+                "not allowed) with the reason; re-drivable",
+                _FOREVER,
             ),
         )
 

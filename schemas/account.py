@@ -11,11 +11,20 @@ from __future__ import annotations
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal, get_args
+from urllib.parse import urlsplit
 
-from pydantic import Field, TypeAdapter, model_validator
+from pydantic import (
+    AfterValidator,
+    EmailStr,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    model_validator,
+)
 
 from schemas.common import BoundedDate, Contract, Id, UtcDatetime
 from schemas.money import NanoUsd, PositiveNanoUsd
+from schemas.outputs import NotificationKind
 
 
 class Plan(StrEnum):
@@ -94,6 +103,55 @@ class MemberData(Contract):
     seat_type: SeatType
 
 
+class MemberDetails(MemberData):
+    """`member.added` and `member.updated` may carry the member's email address, where
+    their own notifications and, for owners, the org's go (optional; on `member.updated`
+    an absent or null `email` keeps the address the member has)."""
+
+    # Left out of the canonical form when absent, so the fingerprint (G1) of every
+    # member event sent before this field existed stays what it was.
+    email: EmailStr | None = Field(default=None, exclude_if=lambda value: value is None)
+
+
+def _webhook_url(url: str) -> str:
+    """An absolute http(s) URL with a host, no credentials and no fragment. Whether the
+    host may be reached (SSRF) is the API's and the notifier's check, not the schema's:
+    it depends on DNS and on the deployment."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an absolute http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials")
+    if parts.fragment:
+        raise ValueError("must not carry a fragment")
+    return url
+
+
+WebhookUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=2048, pattern=r"^[\x21-\x7e]+$"),
+    AfterValidator(_webhook_url),
+]
+
+
+class NotificationEndpointData(Contract):
+    """`notification_endpoint.set`: where the org's webhooks go. `secret_id` is not the
+    signing secret: the secret is derived from it with a key the log never holds
+    (docs/decisions.md › Notification delivery), so the log can be read, replicated and
+    kept forever without giving anyone the means to forge a webhook."""
+
+    url: WebhookUrl
+    secret_id: Id
+
+
+class NotificationRoutingData(Contract):
+    """`notification_routing.set`: which notification kinds go to the webhook and which
+    to email (default: every kind to both)."""
+
+    webhook: Annotated[tuple[NotificationKind, ...], Field(max_length=10)]
+    email: Annotated[tuple[NotificationKind, ...], Field(max_length=10)]
+
+
 class SeatsData(Contract):
     seat_type: SeatType
     quantity: SeatQuantity
@@ -131,7 +189,7 @@ class OrgCreated(_Envelope):
 
 class MemberAdded(_Envelope):
     type: Literal["member.added"]
-    data: MemberData
+    data: MemberDetails
 
 
 class MemberRemoved(_Envelope):
@@ -144,7 +202,7 @@ class MemberUpdated(_Envelope):
     the primary ownership: the previous primary owner becomes an `owner`."""
 
     type: Literal["member.updated"]
-    data: MemberData
+    data: MemberDetails
 
 
 class SeatsAdded(_Envelope):
@@ -177,6 +235,24 @@ class PlanMigrationRequested(_Envelope):
     data: NoData = NoData()
 
 
+class NotificationEndpointSet(_Envelope):
+    """Registers (or replaces) the org's webhook endpoint; a new `secret_id` rotates the
+    signing secret."""
+
+    type: Literal["notification_endpoint.set"]
+    data: NotificationEndpointData
+
+
+class NotificationEndpointRemoved(_Envelope):
+    type: Literal["notification_endpoint.removed"]
+    data: NoData = NoData()
+
+
+class NotificationRoutingSet(_Envelope):
+    type: Literal["notification_routing.set"]
+    data: NotificationRoutingData
+
+
 AccountEvent = Annotated[
     OrgCreated
     | MemberAdded
@@ -187,7 +263,10 @@ AccountEvent = Annotated[
     | CreditsPurchased
     | SpendCapSet
     | ContractRenewed
-    | PlanMigrationRequested,
+    | PlanMigrationRequested
+    | NotificationEndpointSet
+    | NotificationEndpointRemoved
+    | NotificationRoutingSet,
     Field(discriminator="type"),
 ]
 

@@ -15,7 +15,13 @@ from pydantic import TypeAdapter
 
 from schemas.account import ACCOUNT_EVENT_ADAPTER
 from schemas.documents import CreditStatement, Document, IssuedDocumentRecord
-from schemas.outputs import DeadLetter, Notification, PricedUsage
+from schemas.outputs import (
+    DeadLetter,
+    DeliveryDeadLetter,
+    Notification,
+    NotificationDelivery,
+    PricedUsage,
+)
 from schemas.price_book import PriceBookFile
 from schemas.usage import UsageEvent
 
@@ -34,6 +40,9 @@ def generated() -> dict[str, str]:
         "dead_letter.v1.json": TypeAdapter(DeadLetter),
         "notification.v1.json": TypeAdapter(Notification),
         "issued_document.v1.json": TypeAdapter(IssuedDocumentRecord),
+        # What `metering notifier` writes: attempts (and retry schedule), dead letters.
+        "notification_delivery.v1.json": TypeAdapter(NotificationDelivery),
+        "notification_dead_letter.v1.json": TypeAdapter(DeliveryDeadLetter),
         "document.json": TypeAdapter(CreditStatement | Document),
         "price_book.json": TypeAdapter(PriceBookFile),
     }

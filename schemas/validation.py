@@ -58,6 +58,8 @@ class Reason(StrEnum):
     # ClickHouse (or its client) refused this record's row; the rest of the batch is
     # stored (sink).
     UNSTORABLE_RECORD = "unstorable_record"
+    # A notification deliveries record the sink cannot read.
+    INVALID_DELIVERY_RECORD = "invalid_delivery_record"
 
 
 class InvalidEvent(ValueError):

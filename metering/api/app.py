@@ -236,10 +236,12 @@ def create_api(
     )
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
+    from metering.api import notification_endpoints  # noqa: PLC0415 - imports this module
     from metering.api.page import page_router  # noqa: PLC0415 - page.py imports this module
 
     app.include_router(router)
     app.include_router(page_router)
+    app.include_router(notification_endpoints.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestMetrics)
     return app

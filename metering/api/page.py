@@ -26,6 +26,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from billing.accounts import MONEY_ROLES
 from metering.api.app import MONTH, OrgId, Svc, bearer, caller, role_of, usage
 from metering.api.models import MemberRow, UsageResponse
+from metering.clickhouse.deliveries import DeliveryAttempt, recent_deliveries
 from metering.clickhouse.queries import Spend, daily_spend, month_bounds
 from metering.enforcement.records import month_of
 from schemas.money import format_usd, parse_usd
@@ -200,6 +201,18 @@ async def daily(svc: Svc, org_id: str, month: str) -> tuple[Chart | None, str | 
     return chart(days, month), None
 
 
+async def deliveries(svc: Svc, org_id: str) -> tuple[list[DeliveryAttempt], str]:
+    """The org's latest notification delivery attempts (owners), or why there are none."""
+    if svc.store is None:
+        return [], "Deliveries unavailable: ClickHouse is not readable from this process"
+    try:
+        found = await asyncio.to_thread(recent_deliveries, svc.store, org_id)
+    except Exception as exc:
+        log.exception("deliveries of %s", org_id)
+        return [], f"Deliveries unavailable: the ClickHouse query failed ({type(exc).__name__})"
+    return found, "No notification has been delivered to this organization yet."
+
+
 def shift(month: str, by: int) -> str:
     year, number = divmod(int(month[:4]) * 12 + int(month[5:]) - 1 + by, 12)
     return f"{year:04d}-{number + 1:02d}"
@@ -251,6 +264,7 @@ async def usage_page(
     current = month_of(svc.clock())
     chart_, note = await daily(svc, org_id, view.month)
     share = percent(parse_usd(view.spend), view.cap)
+    attempts, attempts_note = await deliveries(svc, org_id) if role in MONEY_ROLES else (None, "")
     response = html(
         200,
         view=view,
@@ -269,6 +283,8 @@ async def usage_page(
         previous=shift(view.month, -1),
         following=shift(view.month, 1) if view.month < current else None,
         current=view.month == current,
+        deliveries=attempts,
+        deliveries_note=attempts_note,
     )
     if source == "query" and given:
         response.set_cookie(

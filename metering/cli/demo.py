@@ -5,9 +5,12 @@
    small —, org and user caps) and drives last month's traffic plus this month's to date
    through the emitter, in bursts, showing events/s, dead letters, blocks and
    notifications live;
-3. waits until everything is priced and stored, saves the Usage page of one org of each
+3. registers a webhook endpoint for every org through the API, pointing at a receiver
+   the demo runs on loopback (which verifies each signature), and shows what the
+   notifier delivered;
+4. waits until everything is priced and stored, saves the Usage page of one org of each
    kind (this month and last) from the running API;
-4. stops `metering run`, runs the month-end batch for last month and prints the
+5. stops `metering run`, runs the month-end batch for last month and prints the
    documents; JSON + HTML land in `var/demo/documents/YYYY-MM/`.
 
 Each run uses new org ids (from its seed, by default the clock), so running it twice
@@ -46,6 +49,7 @@ from metering.documents.service import store_with_sink, utc_now
 from metering.documents.store import StoredDocument
 from metering.documents.watermarks import SinkBehind
 from metering.emitter import Emitter
+from metering.notify.receiver import LocalReceiver
 from metering.settings import Settings
 from metering.stack.local import LocalStack
 from metering.stack.process import StackError, free_port, stop_child
@@ -53,6 +57,7 @@ from metering.topics import admin_client, consumer_lag
 from metering.traffic import OrgProfile, TrafficGenerator
 
 CATCH_UP_TIMEOUT_S = 300
+WEBHOOKS_TIMEOUT_S = 60
 API_READY_TIMEOUT_S = 60
 
 
@@ -63,6 +68,7 @@ class OutputTail:
     def __init__(self, settings: Settings) -> None:
         self.dead: Counter[str] = Counter()
         self.notes: Counter[str] = Counter()
+        self.deliveries: Counter[str] = Counter()  # attempts by channel and status
         self._stop = threading.Event()
         self._consumer = kafka_clients.consumer(
             {
@@ -71,12 +77,17 @@ class OutputTail:
                 "enable.auto.commit": False,
             }
         )
-        topics = (settings.topics.usage_deadletter, settings.topics.notifications)
+        topics = (
+            settings.topics.usage_deadletter,
+            settings.topics.notifications,
+            settings.topics.notification_deliveries,
+        )
         metadata = admin_client(settings.kafka_bootstrap).list_topics(timeout=10).topics
         self._consumer.assign(
             [TopicPartition(t, p, OFFSET_END) for t in topics for p in metadata[t].partitions]
         )
         self._deadletter = settings.topics.usage_deadletter
+        self._deliveries = settings.topics.notification_deliveries
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -88,6 +99,8 @@ class OutputTail:
                 value = json.loads(message.value() or b"{}")
                 if message.topic() == self._deadletter:
                     self.dead[value.get("reason", "?")] += 1
+                elif message.topic() == self._deliveries:
+                    self.deliveries[f"{value.get('channel')} {value.get('status')}"] += 1
                 elif value.get("kind") in ("stopped", "resumed"):
                     self.notes[f"{value['kind']}: {value.get('reason')}"] += 1
                 else:
@@ -213,6 +226,68 @@ def _save_usage_pages(
     return saved
 
 
+def _register_endpoints(
+    settings: Settings, port: int, orgs: list[OrgProfile], receiver: LocalReceiver
+) -> None:
+    """Every org's webhook endpoint, registered by its owner through the API, at a path
+    of the demo's receiver, which keeps the secret the API revealed to check signatures."""
+    secret = load_secret(settings.api_secret, settings.var_dir)
+    for org in orgs:
+        token = issue(
+            secret,
+            now=datetime.now(UTC),
+            ttl=timedelta(hours=1),
+            org_id=org.org_id,
+            user_id=org.members[0],
+        )
+        path = f"/hooks/{org.org_id}"
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/orgs/{org.org_id}/notification-endpoint",
+            data=json.dumps({"url": receiver.url(path)}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="PUT",
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            receiver.secrets[path] = json.loads(answer.read())["secret"]
+
+
+def _wait_for_webhooks(tail: OutputTail, receiver: LocalReceiver) -> None:
+    """Until the receiver has every notification the pipeline published (or a minute),
+    then what was delivered."""
+    deadline = time.monotonic() + WEBHOOKS_TIMEOUT_S
+    with console.status("delivering notifications…") as status:
+        while (left := sum(tail.notes.values()) - len(receiver.unique())) > 0:
+            if time.monotonic() > deadline:
+                console.print(f"[yellow]{left} notifications not delivered after a minute")
+                break
+            status.update(f"delivering notifications… {left} to go")
+            time.sleep(0.3)
+    time.sleep(1.0)  # the tail reads the last delivery records
+    console.print(_deliveries_table(tail, receiver))
+
+
+def _deliveries_table(tail: OutputTail, receiver: LocalReceiver) -> Table:
+    unique = receiver.unique()
+    latencies = sorted(max(r.received_at - r.decided_at, 0.0) for r in unique.values())
+    table = Table(title="Notification deliveries (webhooks to the demo's receiver)")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("notifications published", f"{sum(tail.notes.values()):,}")
+    table.add_row("webhooks received (distinct webhook-id)", f"{len(unique):,}")
+    verified = sum(1 for r in receiver.receipts if r.verified)
+    table.add_row("signatures verified", f"{verified:,} of {len(receiver.receipts):,}")
+    table.add_row("repeats (same webhook-id)", f"{len(receiver.receipts) - len(unique):,}")
+    for kind, count in sorted(Counter(r.kind for r in unique.values()).items()):
+        table.add_row(f"  {kind}", f"{count:,}")
+    for status, count in sorted(tail.deliveries.items()):
+        table.add_row(f"delivery records: {status}", f"{count:,}")
+    if latencies:
+        p50 = latencies[len(latencies) // 2]
+        p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        table.add_row("decision → receipt p50 / p99", f"{p50 * 1000:,.0f} / {p99 * 1000:,.0f} ms")
+    return table
+
+
 def _wait_for_api(port: int, run: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + API_READY_TIMEOUT_S
     while True:
@@ -258,16 +333,22 @@ def demo(
                 "METERING_HTTP_PORT": str(port),
                 # the demo runs the month-end batch itself, once its traffic is in
                 "METERING_BILLING_SCHEDULE": "false",
+                # its webhook receiver listens on loopback
+                "METERING_WEBHOOK_ALLOW_PRIVATE": "true",
             },
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     tail = OutputTail(settings)
+    receiver = LocalReceiver().start()
     try:
         with _emitter(settings) as emitter:
             for event in traffic.account_events():
                 emitter.emit_account(event)
         _wait_caught_up(settings, run, "creating orgs…")
+        _wait_for_api(port, run)
+        _register_endpoints(settings, port, traffic.orgs, receiver)
+        _wait_caught_up(settings, run, "registering webhook endpoints…")
         sent = _drive(
             settings,
             traffic,
@@ -283,11 +364,12 @@ def demo(
         _wait_caught_up(settings, run, "pricing and storing…")
         time.sleep(1.0)  # the tail reads the last notifications and dead letters
         console.print(_progress_table(sent, sent, None, tail, title="Pipeline output"))
-        _wait_for_api(port, run)
+        _wait_for_webhooks(tail, receiver)
         pages = _save_usage_pages(settings, port, traffic.orgs, [now.strftime("%Y-%m"), month], out)
     finally:
         tail.close()
         stop_child(run, timeout_s=60)
+        receiver.stop()
 
     documents_dir = out / "documents" / month
     try:

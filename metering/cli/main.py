@@ -7,7 +7,7 @@ import logging
 import typer
 
 from metering import logs
-from metering.cli import deadletter, stack, token
+from metering.cli import deadletter, notifier, stack, token
 from metering.cli.dashboard import dashboard
 from metering.cli.demo import demo
 from metering.cli.emit import emit
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(deadletter.app, name="deadletter")
 app.add_typer(token.app, name="token")
+app.add_typer(notifier.app, name="notifier")
 app.command()(emit)
 app.command()(demo)
 app.command()(rebuild)
@@ -113,9 +114,10 @@ def api(
 def run(
     loglevel: str | None = typer.Option(None, help=LOGLEVEL_HELP),
 ) -> None:
-    """All-in-one: the stream processors (this process) and, in a child process, the
+    """All-in-one: the stream processors (this process) and, in child processes, the
     HTTP API with the ClickHouse sink and the nightly billing batch (one owner for an
-    embedded store). A child that dies is restarted, with back-off, and logged."""
+    embedded store), and the notifier. A child that dies is restarted, with back-off,
+    and logged."""
     from metering.api.tokens import load_secret  # noqa: PLC0415
     from metering.cli.supervisor import Supervisor  # noqa: PLC0415
     from metering.worker import run_worker  # noqa: PLC0415
@@ -128,9 +130,13 @@ def run(
     api_child = Supervisor(
         "api", "api", "--with-sink", backoff_s=settings.child_restart_backoff_s
     ).start()
+    notifier_child = Supervisor(
+        "notifier", "notifier", backoff_s=settings.child_restart_backoff_s
+    ).start()
     try:
         run_worker(settings.model_copy(update={"sink_in_worker": False}), _faust_loglevel(loglevel))
     finally:
+        notifier_child.stop()
         api_child.stop()
 
 

@@ -1,6 +1,7 @@
 """The ClickHouse sink: `usage.priced.v1` → `usage_events` (+ rollups by materialized
 views), `account.events.v1` → `account_events` (the ledger) and the seat invoices its
-accepted events create, `billing.documents.v1` → `documents` (what `billing run` issued).
+accepted events create, `billing.documents.v1` → `documents` (what `billing run` issued),
+`billing.notification_deliveries.v1` → `notification_deliveries` (the notifier's attempts).
 
 Exactly once in query results, with at-least-once delivery:
 - a batch is inserted first and its offsets are committed after; a crash in between
@@ -38,6 +39,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from pydantic import ValidationError
 
 from metering import kafka_clients
+from metering.clickhouse.deliveries import DELIVERY_COLUMNS, BadDeliveryRecord, delivery_row
 from metering.clickhouse.ledger import RESTORE_COLUMNS, LedgerFold
 from metering.clickhouse.migrations import migrate
 from metering.clickhouse.rows import (
@@ -96,6 +98,7 @@ class _BatchRows:
     usage: list[tuple[Any, ...]] = field(default_factory=list)
     accounts: list[tuple[Any, ...]] = field(default_factory=list)
     documents: list[IssuedDocument] = field(default_factory=list)
+    deliveries: list[tuple[Any, ...]] = field(default_factory=list)
     rejects: list[OutputMessage] = field(default_factory=list)
     reject_reasons: list[str] = field(default_factory=list)  # of each reject, for metrics
 
@@ -142,7 +145,12 @@ class ClickHouseSink:
 
     @property
     def _inputs(self) -> tuple[str, ...]:
-        return (self._topics.usage_priced, self._topics.account_events, self._topics.documents)
+        return (
+            self._topics.usage_priced,
+            self._topics.account_events,
+            self._topics.documents,
+            self._topics.notification_deliveries,
+        )
 
     # -- the loop --------------------------------------------------------------------
 
@@ -293,6 +301,11 @@ class ClickHouseSink:
                 row = self._ledger.apply(record)
                 if row is not None:
                     rows.accounts.append(row)
+            elif record.topic == self._topics.notification_deliveries:
+                try:
+                    rows.deliveries.append(delivery_row(record))
+                except BadDeliveryRecord as exc:
+                    rows.reject(record, Reason.INVALID_DELIVERY_RECORD, str(exc))
             else:
                 try:
                     rows.documents.append(IssuedDocument.from_record(record.value or b""))
@@ -306,6 +319,8 @@ class ClickHouseSink:
         self._store.insert("usage_events", fresh, USAGE_COLUMNS)
         self._store.insert("account_events", rows.accounts, ACCOUNT_COLUMNS)
         documents = store_new_documents(self._store, rows.documents)
+        # Replayed delivery rows repeat their sorting key and collapse under FINAL.
+        self._store.insert("notification_deliveries", rows.deliveries, DELIVERY_COLUMNS)
         if rows.rejects:
             self._publisher.publish_blocking(rows.rejects)
         elapsed = time.perf_counter() - started
@@ -321,6 +336,7 @@ class ClickHouseSink:
             ("usage_events", len(fresh)),
             ("account_events", len(rows.accounts)),
             ("documents", documents),
+            ("notification_deliveries", len(rows.deliveries)),
         ):
             if count:
                 SINK_ROWS_INSERTED.labels(table).inc(count)

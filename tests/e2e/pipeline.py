@@ -122,6 +122,8 @@ class Pipeline:
                     self.topics.usage_deadletter,
                     self.topics.notifications,
                     self.topics.documents,
+                    self.topics.notification_deliveries,
+                    self.topics.notification_deadletter,
                 ]
             )
         return self._consumer
@@ -162,7 +164,12 @@ class Pipeline:
         return consumer_lag(
             self.settings.kafka_bootstrap,
             self.settings.sink_group_id,
-            [self.topics.usage_priced, self.topics.account_events, self.topics.documents],
+            [
+                self.topics.usage_priced,
+                self.topics.account_events,
+                self.topics.documents,
+                self.topics.notification_deliveries,
+            ],
         )
 
     def wait_caught_up(self, timeout_s: float = 300.0) -> None:
@@ -183,6 +190,13 @@ class Pipeline:
 
     def notifications(self) -> list[Any]:
         return self.outputs(self.topics.notifications)
+
+    def deliveries(self) -> list[Any]:
+        """The notifier's delivery records (attempts and scheduled retries)."""
+        return self.outputs(self.topics.notification_deliveries)
+
+    def delivery_dead_letters(self) -> list[Any]:
+        return self.outputs(self.topics.notification_deadletter)
 
     def documents(self) -> dict[str, Any]:
         """The documents published so far (seat invoices, monthly documents), by id."""

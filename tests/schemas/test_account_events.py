@@ -35,6 +35,10 @@ SPEC_TYPES = {
     "spend_cap.set",
     "contract.renewed",
     "plan.migration_requested",
+    # added by the project (issue 17): where notifications are delivered
+    "notification_endpoint.set",
+    "notification_endpoint.removed",
+    "notification_routing.set",
 }
 
 OWNER = {"user_id": "u_owner", "role": "primary_owner"}
@@ -81,7 +85,11 @@ VALID_EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "member.added": [
         account_event(
             "member.added", {"user_id": "u_42", "role": "member", "seat_type": "enterprise"}
-        )
+        ),
+        account_event(
+            "member.added",
+            {"user_id": "u_43", "role": "owner", "seat_type": "enterprise", "email": "a@b.example"},
+        ),
     ],
     "member.removed": [
         account_event("member.removed", {"user_id": "u_42", "role": "admin", "seat_type": "chat"})
@@ -109,6 +117,18 @@ VALID_EXAMPLES: dict[str, list[dict[str, Any]]] = {
     "plan.migration_requested": [
         account_event("plan.migration_requested", {}),
         account_event("plan.migration_requested", None),
+    ],
+    "notification_endpoint.set": [
+        account_event(
+            "notification_endpoint.set",
+            {"url": "https://hooks.example.com/metering?x=1", "secret_id": "0123abcd"},
+        )
+    ],
+    "notification_endpoint.removed": [account_event("notification_endpoint.removed", {})],
+    "notification_routing.set": [
+        account_event(
+            "notification_routing.set", {"webhook": ["stopped", "threshold_reached"], "email": []}
+        )
     ],
 }
 
@@ -425,6 +445,35 @@ BAD_EVENTS = [
         Reason.DATE_OUT_OF_RANGE,
         "data.term_start",
         id="renewal-before-2000",
+    ),
+    pytest.param(
+        account_event(
+            "member.added",
+            {"user_id": "u", "role": "owner", "seat_type": "enterprise", "email": "not-an-address"},
+        ),
+        Reason.SCHEMA_VIOLATION,
+        "data.email",
+        id="member-email-invalid",
+    ),
+    pytest.param(
+        account_event("notification_endpoint.set", {"url": "ftp://x.example/", "secret_id": "s"}),
+        Reason.SCHEMA_VIOLATION,
+        "data.url",
+        id="endpoint-not-http",
+    ),
+    pytest.param(
+        account_event(
+            "notification_endpoint.set", {"url": "https://u:p@x.example/", "secret_id": "s"}
+        ),
+        Reason.SCHEMA_VIOLATION,
+        "data.url",
+        id="endpoint-with-credentials",
+    ),
+    pytest.param(
+        account_event("notification_routing.set", {"webhook": ["sometimes"], "email": []}),
+        Reason.SCHEMA_VIOLATION,
+        "data.webhook.0",
+        id="routing-unknown-kind",
     ),
     pytest.param(
         account_event("org.created", ORG, occurred_at="1970-01-01T00:00:00Z"),
