@@ -58,14 +58,19 @@ def run(stack: RunningStack, tmp_path: Path) -> Iterator[Server]:
         cleanup(pipeline)
 
 
-def children(pid: int) -> list[int]:
+def children(pid: int, command: str) -> list[int]:
     """The child processes of `pid` (of any of its threads: a supervising thread
-    spawns them)."""
-    return [
-        int(child)
-        for task in Path(f"/proc/{pid}/task").iterdir()
-        for child in (task / "children").read_text().split()
-    ]
+    spawns them) running `metering <command> …`."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:  # ended meanwhile
+                continue
+            if command.encode() in argv:
+                found.append(int(child))
+    return found
 
 
 def account_log(server: Server) -> list[Any]:
@@ -188,14 +193,14 @@ def test_absurd_amounts_are_refused_and_everything_stays_up(run: Server) -> None
     assert usage.json()["credit_balance"] == "1000000000.00"
 
     # A child that dies is restarted (the API, with the sink)
-    [api_child] = children(run.process.pid)
+    [api_child] = children(run.process.pid, "api")
     os.kill(api_child, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while not gate_knows(run, ORG, "u1"):
         assert run.alive(), f"metering run exited; see {run.pipeline.log_path}"
         assert time.monotonic() < deadline, "the API child was not restarted"
         time.sleep(0.2)
-    assert children(run.process.pid) != [api_child]
+    assert children(run.process.pid, "api") != [api_child]
     assert "restart" in run.pipeline.log_path.read_text()
 
     # Redis, Kafka and ClickHouse agree to the nano-dollar
