@@ -25,8 +25,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import choose_encoder
 
-if TYPE_CHECKING:  # notify imports this module for its timings
-    from metering.enforcement.notify import BatchResult
+if TYPE_CHECKING:  # only the type: the processors import this module
+    from metering.enforcement.batch_result import BatchResult
 
 log = logging.getLogger("metering.metrics")
 

@@ -56,7 +56,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from metering.enforcement.account_processor import AccountProcessor
-from metering.enforcement.notify import BatchResult, record_marks, resume_past_months
+from metering.enforcement.batch_result import BatchResult
+from metering.enforcement.notify import record_marks, resume_past_months
 from metering.enforcement.publisher import Delivery, Publisher, PublishFailed
 from metering.enforcement.records import SourceRecord, month_of
 from metering.enforcement.renewals import due_renewals

@@ -25,8 +25,9 @@ from billing.accounts import OrgAccount, Rejected, apply_account_event, renewal_
 from billing.notifications import SpendSnapshot, UserSpend, due_stops_and_resumes, due_thresholds
 from metering.documents.records import IssuedDocument
 from metering.enforcement.base import BatchProcessor
+from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix, term_ends_key
-from metering.enforcement.notify import BatchResult, publish_due
+from metering.enforcement.notify import publish_due
 from metering.enforcement.records import OutputMessage, SourceRecord, digest, month_of
 from metering.enforcement.state_codec import (
     cap_fields,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from billing.pricing import PriceBook
-from metering.enforcement.notify import BatchResult
+from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.records import SourceRecord, dead_letter_message
 from metering.enforcement.scripts import Scripts
 from metering.topics import DEFAULT_TOPICS, TopicNames

@@ -22,8 +22,9 @@ from redis.asyncio import Redis
 
 from metering import kafka_clients
 from metering.enforcement.account_processor import AccountProcessor
+from metering.enforcement.batch_result import Mark
 from metering.enforcement.keys import OrgKeys
-from metering.enforcement.notify import Mark, queue_marks
+from metering.enforcement.notify import queue_marks
 from metering.enforcement.records import SourceRecord, digest, month_of
 from metering.enforcement.scripts import Scripts
 from metering.settings import Settings

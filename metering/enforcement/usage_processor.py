@@ -31,8 +31,9 @@ from billing.notifications import (
 )
 from billing.pricing import PriceBook, UnknownModel, price_usage
 from metering.enforcement.base import BatchProcessor
+from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix
-from metering.enforcement.notify import BatchResult, publish_due
+from metering.enforcement.notify import publish_due
 from metering.enforcement.records import (
     OutputMessage,
     SourceRecord,

@@ -14,7 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 
 from billing.pricing import PriceBook, default_price_book_text
 from metering.enforcement.account_processor import AccountProcessor
-from metering.enforcement.notify import BatchResult
+from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.records import SourceRecord
 from metering.enforcement.renewals import due_renewals
 from metering.topics import TopicNames

@@ -24,8 +24,8 @@ from redis.asyncio import Redis as AsyncRedis
 
 from billing.pricing import PriceBook, default_price_book_text
 from metering.enforcement.account_processor import AccountProcessor
+from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.keys import OrgKeys
-from metering.enforcement.notify import BatchResult
 from metering.enforcement.records import SourceRecord
 from metering.enforcement.usage_processor import UsageProcessor
 from metering.topics import DEFAULT_TOPICS
