@@ -316,8 +316,8 @@ class _Sample:
     priced: int  # priced records on the topic
 
 
-def _sample(settings: Settings, processors: _GroupProbe, sink: _GroupProbe) -> _Sample:
-    processor_offsets = processors.offsets().values()
+def _sample(settings: Settings, processors: list[_GroupProbe], sink: _GroupProbe) -> _Sample:
+    processor_offsets = [o for probe in processors for o in probe.offsets().values()]
     sink_offsets = sink.offsets()
     rows, priced = sink_offsets[settings.topics.usage_priced]
     return _Sample(
@@ -333,9 +333,10 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes]) -> list[_Sample]
     """Samples until the processors have committed the backlog and the sink everything
     they produced."""
     topics = settings.topics
-    processors = _GroupProbe(
-        settings.kafka_bootstrap, settings.group_id, [topics.usage_events, topics.account_events]
-    )
+    processors = [
+        _GroupProbe(settings.kafka_bootstrap, group, [topic])
+        for group, topic in settings.worker_inputs()
+    ]
     sink = _GroupProbe(
         settings.kafka_bootstrap,
         settings.sink_group_id,
@@ -355,7 +356,8 @@ def _watch(settings: Settings, worker: subprocess.Popen[bytes]) -> list[_Sample]
                 raise TimeoutError(f"not caught up after {SINK_TIMEOUT_S:.0f} s: {sample}")
             time.sleep(POLL_S)
     finally:
-        processors.close()
+        for probe in processors:
+            probe.close()
         sink.close()
 
 

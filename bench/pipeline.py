@@ -66,7 +66,9 @@ PROFILE = os.environ.get("METERING_BENCH_PROFILE", "")
 
 
 def _lag(settings: Settings) -> int:
-    return consumer_lag(settings.kafka_bootstrap, settings.group_id, [settings.topics.usage_events])
+    return consumer_lag(
+        settings.kafka_bootstrap, settings.usage_group_id, [settings.topics.usage_events]
+    )
 
 
 def _raw_ceiling(settings: Settings, expected: int) -> float:

@@ -129,8 +129,23 @@ class Settings(BaseSettings):
     )
     group_id: str = Field(
         default="metering-enforcement",
-        description="consumer group (faust app id) of the workers",
+        description="consumer group (faust app id) of the workers' account processor; their "
+        "usage hot path's group is this name followed by `.usage`",
     )
+
+    @property
+    def usage_group_id(self) -> str:
+        """The consumer group of the workers' usage hot path (confluent-kafka): a group of
+        its own, as faust's assignor cannot share one with a plain consumer."""
+        return f"{self.group_id}.usage"
+
+    def worker_inputs(self) -> tuple[tuple[str, str], ...]:
+        """(consumer group, input topic) of each processor of `metering worker`."""
+        return (
+            (self.group_id, self.topics.account_events),
+            (self.usage_group_id, self.topics.usage_events),
+        )
+
     # The ClickHouse sink (README › ClickHouse): its consumer group, batch bounds, and
     # whether `metering worker` runs it (as a child process).
     sink_group_id: str = Field(

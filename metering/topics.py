@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -258,3 +258,9 @@ def consumer_lag(bootstrap: str, group_id: str, topics: list[str]) -> int:
         return lag
     finally:
         probe.close()
+
+
+def groups_lag(bootstrap: str, inputs: Iterable[tuple[str, str]]) -> int:
+    """Records not committed yet, summed over (consumer group, topic) pairs — e.g.
+    `Settings.worker_inputs()`, the two processors of `metering worker`."""
+    return sum(consumer_lag(bootstrap, group, [topic]) for group, topic in inputs)

@@ -1,49 +1,33 @@
-"""`metering worker`: the faust-streaming app that runs the account and usage processors.
+"""`metering worker`: the processors that keep Redis — and so the gate — current.
 
-Each agent takes its topic in batches (`take_events`: up to BATCH_SIZE records or what
-came in BATCH_WINDOW_S) and hands them to a `BatchPipeline`, which returns at once, so
-faust fills the next batch meanwhile. The pipeline's applier then, batch after batch:
+Two loops in one process:
 
-1. gathers what was taken — at once, unless a backlog waits in faust already, when it
-   takes more in first (up to APPLY_TARGET records or GATHER_MAX_S): per record, a big
-   batch costs less (one Lua script per org and partition, whatever its size);
-2. applies it: the processor runs its Lua scripts (one pipelined round trip) and decides
-   the outputs, which are handed to the producer at once. One batch after the other, so
-   Redis sees each partition's records in offset order;
-3. completes it, in a task of its own: waits for the broker to acknowledge the outputs
-   (acks=all), records the notification marks, then — after the previous batch —
-   acknowledges its input to faust. Offsets are committed from acknowledgements only.
+- **usage** (`metering.usage_path`, a thread): usage.events.v1 in batches of up to
+  thousands through confluent-kafka's `BatchLoop` — the hot path. A batch's offsets are
+  committed only after its Redis writes are applied and the broker has acknowledged its
+  outputs, in batch order; see `metering.batch_loop` for why a crash (even SIGKILL) can
+  neither lose nor double an event.
+- **account** (faust-streaming, the main thread): account.events.v1, low volume, plus
+  the timers — the new month's resumes, contract renewals, the lag gauges. The agent
+  handles each `take_events` batch completely (apply, publish, await the broker's
+  acknowledgement, record notification marks) before it asks for the next, and faust
+  acknowledges a batch's events only when the next is asked for: so an offset is
+  committed only after its batch is durable. A failure that is not a retryable Redis or
+  Kafka error stops the process at once (`os._exit`): leaving the agent with an
+  exception would let faust go on past the batch.
 
-Step 3 of a batch overlaps steps 1–2 of the next ones (at most MAX_IN_FLIGHT batches wait
-for their acks). A batch due notifications completes before the next one is applied,
-so the next scripts see its marks and nothing is notified twice.
-
-Faust acknowledges a batch's events itself when the agent asks `take_events` for the
-next batch; so each event's message carries one extra reference, taken as the agent
-receives it and released by step 3, and faust's final acknowledgement comes from
-whichever release is last. Hence an offset is committed only after its batch's Redis
-writes are applied and its outputs are durable, and after every earlier batch's: a crash
-(even SIGKILL) loses no output of a committed offset; uncommitted batches are replayed,
-and every Redis write is idempotent on its own (see `metering.enforcement`). A rebalance
-waits (faust's `wait_empty`) until the events taken are acknowledged: the applier gets
-to them within GATHER_MAX_S even when no more input comes. We do not rely on faust's
-exactly-once mode.
-
-A batch is never given up: Redis or Kafka errors are retried with back-off. Anything
-unexpected stops the process at once (`os._exit`), because leaving the agent's loop with
-an exception would let faust acknowledge the batch as if it had been handled.
+Every Redis write is idempotent on its own (see `metering.enforcement`): a replayed
+batch changes nothing already applied. We do not rely on faust's exactly-once mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import threading
 import traceback
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from time import perf_counter
@@ -61,12 +45,10 @@ from metering.enforcement.notify import record_marks, resume_past_months
 from metering.enforcement.publisher import Delivery, Publisher, PublishFailed
 from metering.enforcement.records import SourceRecord, month_of
 from metering.enforcement.renewals import due_renewals
-from metering.enforcement.usage_processor import UsageProcessor
 from metering.metrics import (
     ACCOUNT,
     CONSUMER_LAG,
     NEW_MONTH,
-    USAGE,
     WORKER_BATCH_RETRIES,
     WORKER_BATCH_SECONDS,
     WORKER_BATCH_SIZE,
@@ -75,27 +57,19 @@ from metering.metrics import (
     record_worker_batch,
     serve,
 )
+from metering.retry import RETRY_BACKOFF_S, backoff_s
 from metering.settings import Settings
 from metering.topics import wait_for_topics
+from metering.usage_path import run_usage_path
 
 log = logging.getLogger("metering.worker")
 
-# faust hands the agent up to BATCH_SIZE records at once, or what came in BATCH_WINDOW_S.
+# faust hands the account agent up to BATCH_SIZE records at once, or what came in
+# BATCH_WINDOW_S.
 BATCH_SIZE = 2000
 BATCH_WINDOW_S = 0.035
-# What is taken is applied at once, unless GATHER_MIN_WAITING more records wait in faust
-# already (a backlog): then more is taken in first, up to APPLY_TARGET records or for
-# GATHER_MAX_S, as bigger batches cost less per record (fewer scripts per record).
-# At most MAX_PENDING records wait to be applied (back-pressure).
-APPLY_TARGET = 2000
-APPLY_MAX = 4000
-GATHER_MIN_WAITING = 200
-GATHER_MAX_S = 0.1
-MAX_PENDING = 4000
-MAX_IN_FLIGHT = 2  # batches per agent applied but not yet acknowledged by the broker
-DRAIN_TIMEOUT_S = 10.0  # on shutdown, how long in-flight batches may take to complete
-RETRY_BACKOFF_S = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 EXIT_UNEXPECTED = 70
+USAGE_STOP_TIMEOUT_S = 30.0  # on shutdown: the usage loop settles what is in flight
 NEW_MONTH_CHECK_S = 60.0
 LAG_REFRESH_S = 5.0  # how often the consumer-lag gauge is recomputed (no I/O: cached offsets)
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, KafkaException, PublishFailed, OSError)
@@ -124,13 +98,13 @@ def _exit_unexpected() -> NoReturn:
 
 
 async def _backoff(attempt: int, what: str, exc: BaseException) -> None:
-    delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+    delay = backoff_s(attempt)
     log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
     await asyncio.sleep(delay)
 
 
 async def process_batch(
-    processor: Processor, records: Sequence[SourceRecord], name: str = USAGE
+    processor: Processor, records: Sequence[SourceRecord], name: str = ACCOUNT
 ) -> BatchResult:
     """Apply a batch to Redis and decide its outputs — retried until it succeeds (the
     scripts are idempotent: a replayed record is recognised, never counted twice)."""
@@ -153,7 +127,7 @@ async def deliver_and_record(
     *,
     prefix: str,
     delivery: Delivery | None = None,
-    name: str = USAGE,
+    name: str = ACCOUNT,
 ) -> None:
     """Until the broker has every output of `result` (re-sent after a failure: consumers
     de-duplicate), then record its notification marks — retried until it succeeds."""
@@ -172,174 +146,6 @@ async def deliver_and_record(
             attempt += 1
         except Exception:
             _exit_unexpected()
-
-
-class BatchPipeline:
-    """One agent's batches through the steps described in the module docstring."""
-
-    def __init__(
-        self,
-        stream: Any,
-        processor: Processor,
-        publisher: Publisher,
-        client: Redis,
-        *,
-        prefix: str,
-        name: str = USAGE,
-    ) -> None:
-        self._stream = stream
-        self._prefix = prefix
-        self._processor = processor
-        self._publisher = publisher
-        self._client = client
-        self.name = name  # the processor's name in the metrics: usage or account
-        self._consumed = WORKER_EVENTS_CONSUMED.labels(name)
-        self._batch_size = WORKER_BATCH_SIZE.labels(name)
-        self._batch_seconds = WORKER_BATCH_SECONDS.labels(name)
-        self._delivery_seconds = WORKER_DELIVERY_SECONDS.labels(name)
-        self._pending: list[Any] = []  # taken from faust (and held), not yet applied
-        self._pending_since = 0.0  # when the oldest pending event was taken
-        self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._applier: asyncio.Task[None] | None = None
-        self._in_flight: deque[asyncio.Task[None]] = deque()  # completions, in batch order
-        self._next_offsets: dict[Any, int] = {}  # per partition: after the last one taken
-
-    async def take(self, events: Sequence[Any]) -> None:
-        """Hold a `take_events` batch and queue it for the applier. Returns at once (so
-        faust fills the next batch meanwhile) unless MAX_PENDING events wait already."""
-        next_offsets = self._next_offsets
-        for event in events:
-            message = event.message
-            message.incref()  # released in `_complete`, once the batch is durable
-            next_offsets[message.tp] = message.offset + 1
-        self._consumed.inc(len(events))
-        if not self._pending:
-            self._pending_since = asyncio.get_running_loop().time()
-        self._pending.extend(events)
-        self._arrived.set()
-        if self._applier is None:
-            self._applier = asyncio.create_task(self._apply_forever())
-        while len(self._pending) >= MAX_PENDING:
-            self._room.clear()
-            await self._room.wait()
-
-    def _waiting_input(self) -> int:
-        """Records in the partitions we read that faust has not handed over yet (to the
-        high watermark of the last fetch): the backlog."""
-        consumer = self._stream.app.consumer
-        waiting = 0
-        for tp, next_offset in self._next_offsets.items():
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # e.g. a partition no longer assigned: only a heuristic
-                continue
-            if high:
-                waiting += max(high - next_offset, 0)
-        return waiting
-
-    def forget(self, partitions: Any) -> None:
-        """Partitions revoked in a rebalance: their positions are no longer ours (if one
-        comes back, its position is known again from the first record taken)."""
-        for tp in partitions:
-            self._next_offsets.pop(tp, None)
-
-    def lag(self, topic: str) -> int:
-        """Records of `topic` on the partitions assigned to this process that the agent
-        has not taken yet: high watermark (of the last fetch) minus position, from the
-        consumer's cached state — no I/O. A partition nothing was taken from since it
-        was assigned is left out (its position is not known here)."""
-        consumer = self._stream.app.consumer
-        lag = 0
-        for tp in consumer.assignment():
-            if tp.topic != topic or tp not in self._next_offsets:
-                continue
-            high = consumer.highwater(tp)
-            if high:
-                lag += max(high - self._next_offsets[tp], 0)
-        return lag
-
-    async def _gather(self) -> list[Any]:
-        """The next batch to apply: what is pending — after taking in more while at least
-        GATHER_MIN_WAITING records wait in faust already (a backlog: bigger batches cost
-        less per record), up to APPLY_TARGET records or GATHER_MAX_S; at once otherwise
-        (waiting for input still to come would only add latency)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            timeout = None
-            if self._pending:
-                timeout = self._pending_since + GATHER_MAX_S - loop.time()
-                if (
-                    len(self._pending) >= APPLY_TARGET
-                    or timeout <= 0
-                    or self._waiting_input() < GATHER_MIN_WAITING
-                ):
-                    break
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout)
-        events, self._pending = self._pending[:APPLY_MAX], self._pending[APPLY_MAX:]
-        self._room.set()
-        return events
-
-    async def _apply_forever(self) -> None:
-        try:
-            while True:
-                events = await self._gather()
-                started = perf_counter()
-                records = [_record(e) for e in events]
-                result = await process_batch(self._processor, records, self.name)
-                self._batch_seconds.observe(perf_counter() - started)
-                self._batch_size.observe(len(events))
-                delivery = await self._publisher.send(result.outputs)  # in batch order
-                previous = self._in_flight[-1] if self._in_flight else None
-                task = asyncio.create_task(self._complete(events, result, delivery, previous))
-                self._in_flight.append(task)
-                if result.marks:
-                    await asyncio.shield(task)  # the next batch's scripts must see the marks
-                while self._in_flight and (
-                    self._in_flight[0].done() or len(self._in_flight) > MAX_IN_FLIGHT
-                ):
-                    await asyncio.shield(self._in_flight.popleft())
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            _exit_unexpected()
-
-    async def _complete(
-        self,
-        events: Sequence[Any],
-        result: BatchResult,
-        delivery: Delivery,
-        previous: asyncio.Task[None] | None,
-    ) -> None:
-        started = perf_counter()
-        await deliver_and_record(
-            self._publisher,
-            self._client,
-            result,
-            prefix=self._prefix,
-            delivery=delivery,
-            name=self.name,
-        )
-        self._delivery_seconds.observe(perf_counter() - started)
-        record_worker_batch(self.name, result)
-        if previous is not None:
-            await previous  # acknowledgements in batch order
-        try:
-            for event in events:
-                await self._stream.ack(event)
-        except Exception:
-            _exit_unexpected()
-
-    async def drain(self) -> None:
-        """Shutdown: apply nothing more; let the batches in flight complete (fewer
-        replays). Whatever is not acknowledged is replayed by the next owner."""
-        if self._applier is not None:
-            self._applier.cancel()
-        pending = [task for task in self._in_flight if not task.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -375,65 +181,68 @@ def raw_topic(app: faust.App, name: str) -> faust.TopicT:
     )
 
 
-def create_app(settings: Settings) -> faust.App:
-    app = faust_app(settings)
-    client = Redis.from_url(settings.redis_url)
-    book = settings.load_price_book()
-    publisher = Publisher(settings.kafka_bootstrap)
+def add_account_processor(
+    app: faust.App, settings: Settings, client: Redis, publisher: Publisher
+) -> None:
+    """The account agent and its lag gauge."""
     topics = settings.topics
-    usage = UsageProcessor(
-        client,
-        book,
-        settings.redis_prefix,
-        topics,
-        balance_levels_nano_usd=settings.balance_levels_nano_usd,
-    )
+    book = settings.load_price_book()
     accounts = AccountProcessor(client, book, settings.redis_prefix, topics)
-
-    pipelines: dict[str, BatchPipeline] = {}  # input topic → its agent's pipeline
+    consumed = WORKER_EVENTS_CONSUMED.labels(ACCOUNT)
+    batch_size = WORKER_BATCH_SIZE.labels(ACCOUNT)
+    batch_seconds = WORKER_BATCH_SECONDS.labels(ACCOUNT)
+    delivery_seconds = WORKER_DELIVERY_SECONDS.labels(ACCOUNT)
+    next_offsets: dict[Any, int] = {}  # per partition: after the last record taken
 
     # faust ships no type information for streams.
-    async def run(stream: Any, processor: Processor, name: str, topic: str) -> AsyncIterator[None]:
-        pipeline = pipelines[topic] = BatchPipeline(
-            stream, processor, publisher, client, prefix=settings.redis_prefix, name=name
-        )
-        try:
-            async for events in stream.take_events(BATCH_SIZE, within=BATCH_WINDOW_S):
-                await pipeline.take(events)
-                yield None
-        finally:
-            await pipeline.drain()
-
     @app.agent(raw_topic(app, topics.account_events), name="account-processor")
     async def account_agent(stream: Any) -> AsyncIterator[None]:
-        async for _ in run(stream, accounts, ACCOUNT, topics.account_events):
+        """Each batch is durable before the next is asked for (see the module doc)."""
+        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WINDOW_S):
+            consumed.inc(len(events))
+            batch_size.observe(len(events))
+            started = perf_counter()
+            result = await process_batch(accounts, [_record(e) for e in events])
+            batch_seconds.observe(perf_counter() - started)
+            started = perf_counter()
+            await deliver_and_record(publisher, client, result, prefix=settings.redis_prefix)
+            delivery_seconds.observe(perf_counter() - started)
+            record_worker_batch(ACCOUNT, result)
+            for event in events:
+                next_offsets[event.message.tp] = event.message.offset + 1
             yield None
-
-    @app.agent(raw_topic(app, topics.usage_events), name="usage-processor")
-    async def usage_agent(stream: Any) -> AsyncIterator[None]:
-        async for _ in run(stream, usage, USAGE, topics.usage_events):
-            yield None
-
-    lag_gauges = {
-        topic: CONSUMER_LAG.labels(settings.group_id, topic)
-        for topic in (topics.usage_events, topics.account_events)
-    }
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]  # mode types it narrowly
     async def forget_revoked(_app: Any, *args: Any, **_: Any) -> None:
-        """Sent with the set of revoked partitions."""
-        for pipeline in pipelines.values():
-            pipeline.forget(args[0])
+        """Sent with the set of revoked partitions: their positions are no longer ours."""
+        for tp in args[0]:
+            next_offsets.pop(tp, None)
+
+    account_lag = CONSUMER_LAG.labels(settings.group_id, topics.account_events)
 
     @app.timer(interval=LAG_REFRESH_S)  # type: ignore[untyped-decorator]  # faust is untyped
     async def report_lag() -> None:
-        """The consumer-lag gauge, from offsets the consumer has cached (no round trip)."""
-        for topic, gauge in lag_gauges.items():
-            pipeline = pipelines.get(topic)
-            try:
-                gauge.set(pipeline.lag(topic) if pipeline is not None else 0)
-            except Exception as exc:  # e.g. the consumer is restarting: try again later
-                log.debug("consumer lag of %s not known now (%s)", topic, exc)
+        """The account processor's lag: high watermark of the last fetch minus what was
+        handled, from the consumer's cached state (no round trip). A partition nothing
+        was taken from since it was assigned is left out (its position is not known)."""
+        lag = 0
+        try:
+            for tp, position in list(next_offsets.items()):
+                high = app.consumer.highwater(tp)
+                if high:
+                    lag += max(high - position, 0)
+        except Exception as exc:  # e.g. the consumer is restarting: try again later
+            log.debug("account consumer lag not known now (%s)", exc)
+            return
+        account_lag.set(lag)
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust_app(settings)
+    client = Redis.from_url(settings.redis_url)
+    publisher = Publisher(settings.kafka_bootstrap)
+    topics = settings.topics
+    add_account_processor(app, settings, client, publisher)
 
     @app.timer(interval=NEW_MONTH_CHECK_S)  # type: ignore[untyped-decorator]  # faust is untyped
     async def new_month() -> None:
@@ -522,9 +331,43 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> None:
     # Metrics on METERING_METRICS_PORT (after the fork: the server is a thread); the sink
     # child serves its own on the next port (docs/decisions.md › Metrics).
     serve(settings.metrics_port, "metering worker", settings.metrics_host)
+    usage = UsageThread(settings)
     try:
         app = create_app(settings)
+        usage.start()
         Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
     finally:
+        usage.stop()
         if sink is not None:
             stop_child(sink)
+        if usage.failed:
+            raise SystemExit(EXIT_UNEXPECTED)
+
+
+class UsageThread:
+    """The usage hot path beside faust. If it fails (anything but the Redis and Kafka
+    errors it retries), the whole worker stops: SIGTERM to this process, so faust shuts
+    down gracefully too, and the exit code says so. Its batch is not committed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="usage-path", daemon=True)
+        self.failed = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            run_usage_path(self._settings, self._stop)
+        except BaseException:
+            self.failed = True
+            log.critical("the usage path failed; stopping the worker", exc_info=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Settle and commit what is in flight, then leave the group."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(USAGE_STOP_TIMEOUT_S)

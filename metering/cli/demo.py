@@ -53,7 +53,7 @@ from metering.notify.receiver import LocalReceiver
 from metering.settings import Settings
 from metering.stack.local import LocalStack
 from metering.stack.process import StackError, free_port, stop_child
-from metering.topics import admin_client, consumer_lag
+from metering.topics import admin_client, consumer_lag, groups_lag
 from metering.traffic import OrgProfile, TrafficGenerator
 
 CATCH_UP_TIMEOUT_S = 300
@@ -124,9 +124,8 @@ def _emitter(settings: Settings) -> Emitter:
 def _lag(settings: Settings) -> int:
     """Records the processors, then the ClickHouse sink, have not committed yet."""
     topics, bootstrap = settings.topics, settings.kafka_bootstrap
-    processors = [topics.account_events, topics.usage_events]
     sink = [topics.usage_priced, topics.account_events]
-    return consumer_lag(bootstrap, settings.group_id, processors) + consumer_lag(
+    return groups_lag(bootstrap, settings.worker_inputs()) + consumer_lag(
         bootstrap, settings.sink_group_id, sink
     )
 

@@ -89,9 +89,8 @@ def wait_until_stored(settings: Settings, timeout_s: float = 300.0) -> Watermark
     push them to the next document as late."""
     topics = settings.topics
     deadline = time.monotonic() + timeout_s
-    _wait_for_group(
-        settings, settings.group_id, [topics.usage_events, topics.account_events], deadline
-    ).close()
+    for group, topic in settings.worker_inputs():
+        _wait_for_group(settings, group, [topic], deadline).close()
     consumer = _wait_for_group(
         settings,
         settings.sink_group_id,

@@ -19,16 +19,19 @@ from datetime import date
 from time import perf_counter
 from typing import Any
 
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from billing.accounts import OrgAccount, Rejected, apply_account_event, renewal_date
 from billing.notifications import SpendSnapshot, UserSpend, due_stops_and_resumes, due_thresholds
+from billing.pricing import PriceBook
 from metering.documents.records import IssuedDocument
 from metering.enforcement.base import BatchProcessor
 from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix, term_ends_key
 from metering.enforcement.notify import publish_due
 from metering.enforcement.records import OutputMessage, SourceRecord, digest, month_of
+from metering.enforcement.scripts import Scripts
 from metering.enforcement.state_codec import (
     cap_fields,
     decode_account,
@@ -37,6 +40,7 @@ from metering.enforcement.state_codec import (
     meta_fields,
 )
 from metering.metrics import REDIS_APPLY_ACCOUNTS, REDIS_LOAD_ACCOUNTS, REDIS_READ_SPEND
+from metering.topics import DEFAULT_TOPICS, TopicNames
 from schemas.account import AccountEvent, CreditsPurchased
 from schemas.documents import DocumentOrigin
 from schemas.validation import InvalidEvent, Reason, parse_account_event
@@ -83,6 +87,14 @@ def _flat(fields: dict[str, str]) -> list[str]:
 
 
 class AccountProcessor(BatchProcessor):
+    _redis: Redis
+
+    def __init__(
+        self, client: Redis, book: PriceBook, prefix: str = "", topics: TopicNames = DEFAULT_TOPICS
+    ) -> None:
+        super().__init__(client, book, prefix, topics)
+        self._scripts = Scripts(client)
+
     async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         result = BatchResult()
         groups: dict[tuple[str, int], list[_Parsed]] = defaultdict(list)

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import Any
 
 from billing.pricing import PriceBook
 from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.records import SourceRecord, dead_letter_message
-from metering.enforcement.scripts import Scripts
 from metering.topics import DEFAULT_TOPICS, TopicNames
 
 
 class BatchProcessor:
     def __init__(
-        self, client: Redis, book: PriceBook, prefix: str = "", topics: TopicNames = DEFAULT_TOPICS
+        self, client: Any, book: PriceBook, prefix: str = "", topics: TopicNames = DEFAULT_TOPICS
     ) -> None:
+        # A redis-py client: asyncio for the account processor (in faust), synchronous
+        # for the usage processor (in the hot path's thread); each types its own.
         self._redis = client
-        self._scripts = Scripts(client)
         self._book = book
         self._prefix = prefix
         self._topics = topics

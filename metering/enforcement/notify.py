@@ -11,8 +11,9 @@ notifications topic's own retention has dropped.
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Literal
+from typing import Any, Literal
 
+import redis
 from redis.asyncio import Redis
 
 from billing.notifications import Due, resumes_for_past_months
@@ -64,8 +65,8 @@ async def resume_past_months(
     return result
 
 
-def queue_marks(pipe: Redis, prefix: str, marks: list[Mark]) -> None:
-    """The Redis commands that record `marks` (on a pipeline)."""
+def queue_marks(pipe: Any, prefix: str, marks: list[Mark]) -> None:
+    """The Redis commands that record `marks` (on a pipeline, asyncio or not)."""
     for mark in marks:
         key = OrgKeys(prefix, mark.org_id).marks(mark.suffix)
         if mark.op == "sadd":
@@ -85,4 +86,15 @@ async def record_marks(client: Redis, prefix: str, marks: list[Mark]) -> None:
     queue_marks(pipe, prefix, marks)
     started = perf_counter()
     await pipe.execute()
+    REDIS_RECORD_MARKS.observe(perf_counter() - started)
+
+
+def record_marks_sync(client: redis.Redis, prefix: str, marks: list[Mark]) -> None:
+    """`record_marks` for a synchronous client (the usage hot path's thread)."""
+    if not marks:
+        return
+    pipe = client.pipeline(transaction=False)
+    queue_marks(pipe, prefix, marks)
+    started = perf_counter()
+    pipe.execute()
     REDIS_RECORD_MARKS.observe(perf_counter() - started)

@@ -11,6 +11,8 @@ Two ways in:
   on the event loop (`poll(0)` every POLL_INTERVAL_S while any are outstanding): a poll
   thread would take the GIL once per report, and a busy loop thread hands it over only
   every switch interval (5 ms), which throttles the reports.
+- `produce` (a thread that polls the producer itself, the usage hot path): hands the
+  messages over and returns their `Acks`, settled by the reports its `poll` runs.
 - `publish_blocking` (threads, e.g. the ClickHouse sink): produce and flush.
 """
 
@@ -89,6 +91,25 @@ class Delivery:
         return self._future.__await__()
 
 
+class Acks:
+    """The broker's acknowledgement of one `produce` call. Its reports run in the thread
+    that calls `Publisher.poll`, the same that produced: no lock."""
+
+    __slots__ = ("errors", "pending")
+
+    def __init__(self, count: int) -> None:
+        self.pending = count
+        self.errors: list[str] = []
+
+    def on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is not None:
+            self.errors.append(error.str())
+        self.pending -= 1
+
+    def done(self) -> bool:
+        return self.pending <= 0
+
+
 class Publisher:
     def __init__(self, bootstrap: str) -> None:
         self._producer = kafka_clients.producer(producer_config(bootstrap))
@@ -140,6 +161,33 @@ class Publisher:
         await (await self.send(messages))
 
     # -- threads -------------------------------------------------------------------
+
+    def produce(self, messages: Sequence[OutputMessage]) -> Acks:
+        """Hand `messages` to the producer now, in order; `poll` settles their `Acks`."""
+        acks = Acks(len(messages))
+        produce = self._producer.produce
+        report = acks.on_delivery
+        for index, message in enumerate(messages):
+            while True:
+                try:
+                    produce(
+                        message.topic,
+                        value=message.value,
+                        key=message.key.encode(),
+                        on_delivery=report,
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(BUFFER_FULL_WAIT_S)  # room comes with the reports
+                except KafkaException as exc:
+                    acks.errors.append(str(exc))
+                    acks.pending -= len(messages) - index
+                    return acks
+        return acks
+
+    def poll(self, timeout_s: float = 0) -> None:
+        """Run the delivery reports that are due (in this thread)."""
+        self._producer.poll(timeout_s)
 
     def publish_blocking(self, messages: Sequence[OutputMessage]) -> None:
         errors: list[str] = []

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+import redis
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError, ResponseError
 
 
@@ -23,6 +24,26 @@ class Scripts:
         self.apply_usage: AsyncScript = client.register_script(_source("apply_usage.lua"))
         self.apply_account: AsyncScript = client.register_script(_source("apply_account.lua"))
         self.restore_usage: AsyncScript = client.register_script(_source("restore_usage.lua"))
+
+
+def usage_script(client: redis.Redis) -> Script:
+    """`apply_usage.lua` for a synchronous client (the usage hot path's thread)."""
+    return client.register_script(_source("apply_usage.lua"))
+
+
+def _queue(pipe: Any, sha: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> None:
+    for keys, args in calls:
+        pipe.evalsha(sha, len(keys), *keys, *args)
+
+
+def _missing_script(replies: list[Any]) -> NoScriptError | None:
+    return next((r for r in replies if isinstance(r, NoScriptError)), None)
+
+
+def _raise_first_error(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
 
 
 async def run_pipelined(
@@ -44,17 +65,39 @@ async def run_pipelined(
     Connection errors are raised either way."""
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        _queue(pipe, script.sha, calls)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
-        if any(isinstance(reply, NoScriptError) for reply in replies):
+        missing = _missing_script(replies)
+        if missing is not None:
             if attempt:
-                raise next(r for r in replies if isinstance(r, NoScriptError))
+                raise missing
             script.sha = await client.script_load(script.script)
             continue
         if raise_on_error:
-            for reply in replies:
-                if isinstance(reply, ResponseError):
-                    raise reply
+            _raise_first_error(replies)
+        return replies
+    raise AssertionError("unreachable")
+
+
+def run_pipelined_sync(
+    client: redis.Redis,
+    script: Script,
+    calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+    *,
+    raise_on_error: bool = True,
+) -> list[Any]:
+    """`run_pipelined` for a synchronous client."""
+    for attempt in range(2):
+        pipe = client.pipeline(transaction=False)
+        _queue(pipe, script.sha, calls)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+        missing = _missing_script(replies)
+        if missing is not None:
+            if attempt:
+                raise missing
+            script.sha = client.script_load(script.script)
+            continue
+        if raise_on_error:
+            _raise_first_error(replies)
         return replies
     raise AssertionError("unreachable")

@@ -1,8 +1,10 @@
 """Usage batches: validate, de-duplicate, price, apply to Redis, decide outputs.
 
-One call handles one consumed batch. Redis sees one pipelined round trip of Lua scripts
-(one per org and partition: a script may only touch one hash slot) and, only when a
-notification became due, a second one that records it after it was published.
+Synchronous: it runs in the usage hot path's thread (`metering.usage_path`), with a
+synchronous Redis client. One call handles one consumed batch. Redis sees one
+pipelined round trip of Lua scripts (one per org and partition: a script may only touch
+one hash slot) and, only when a notification became due, a second one that records it
+after it was published.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from decimal import Decimal
 from time import perf_counter
 from typing import Any
 
+import redis
 from redis.exceptions import ResponseError
 
 from billing.accounts import Member
@@ -40,7 +43,7 @@ from metering.enforcement.records import (
     digest_bytes,
     priced_json,
 )
-from metering.enforcement.scripts import run_pipelined
+from metering.enforcement.scripts import run_pipelined_sync, usage_script
 from metering.enforcement.state_codec import decode_member
 from metering.metrics import REDIS_APPLY_USAGE
 from schemas.account import BillingMode, Plan, SeatType
@@ -90,13 +93,19 @@ def _may_notify(state: dict[str, Any], balance_alert_nano_usd: int) -> bool:
 
 
 class UsageProcessor(BatchProcessor):
+    _redis: redis.Redis
     # Seat allowances by day: the price book is immutable for the process's lifetime.
     _allowances: dict[date, str]
 
     def __init__(
-        self, *args: Any, balance_levels_nano_usd: tuple[int, ...] = (), **kwargs: Any
+        self,
+        client: redis.Redis,
+        *args: Any,
+        balance_levels_nano_usd: tuple[int, ...] = (),
+        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(client, *args, **kwargs)
+        self._script = usage_script(client)
         self._allowances = {}
         self._member_allowances: dict[tuple[str, date], int] = {}
         self._parsed_thresholds: dict[str, tuple[Decimal, ...]] = {}
@@ -150,7 +159,7 @@ class UsageProcessor(BatchProcessor):
             month=f"{occurred.year:04d}-{occurred.month:02d}",
         )
 
-    async def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+    def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         result = BatchResult()
         groups: dict[tuple[str, int], list[_Valid]] = defaultdict(list)
         for record in records:
@@ -163,14 +172,12 @@ class UsageProcessor(BatchProcessor):
         ordered = list(groups.items())
         calls = [self._call(org_id, partition, events) for (org_id, partition), events in ordered]
         started = perf_counter()
-        replies = await run_pipelined(
-            self._redis, self._scripts.apply_usage, calls, raise_on_error=False
-        )
+        replies = run_pipelined_sync(self._redis, self._script, calls, raise_on_error=False)
         REDIS_APPLY_USAGE.observe(perf_counter() - started)
 
         for ((org_id, partition), events), reply in zip(ordered, replies, strict=True):
             if isinstance(reply, ResponseError):
-                state = await self._apply_one_by_one(org_id, partition, events, reply)
+                state = self._apply_one_by_one(org_id, partition, events, reply)
             else:
                 state = json.loads(reply)
             self._outcomes(events, state["outcomes"], result)
@@ -198,7 +205,7 @@ class UsageProcessor(BatchProcessor):
         ]
         return [OrgKeys(self._prefix, org_id).base], args
 
-    async def _apply_one_by_one(
+    def _apply_one_by_one(
         self, org_id: str, partition: int, events: list[_Valid], error: ResponseError
     ) -> dict[str, Any]:
         """Redis refused the org's script (a key of the wrong type, a corrupt counter):
@@ -208,9 +215,7 @@ class UsageProcessor(BatchProcessor):
         (outcome "R"). Returns one reply made of theirs, for the notifications."""
         log.error("usage script failed for %s (%s); applying its events one by one", org_id, error)
         calls = [self._call(org_id, partition, [event]) for event in events]
-        replies = await run_pipelined(
-            self._redis, self._scripts.apply_usage, calls, raise_on_error=False
-        )
+        replies = run_pipelined_sync(self._redis, self._script, calls, raise_on_error=False)
         merged: dict[str, Any] = {"outcomes": []}
         for reply in replies:
             if isinstance(reply, ResponseError):

@@ -24,7 +24,7 @@ from billing.enforcement import Decision
 from metering.emitter import Emitter
 from metering.gate import Gate, UnknownOrgError
 from metering.settings import Settings
-from metering.topics import TopicNames, admin_client, consumer_lag, ensure_topics
+from metering.topics import TopicNames, admin_client, consumer_lag, ensure_topics, groups_lag
 
 PARTITIONS = 4
 
@@ -153,11 +153,7 @@ class Pipeline:
 
     def lag(self) -> int:
         """Input records not yet committed by the worker's consumer group."""
-        return consumer_lag(
-            self.settings.kafka_bootstrap,
-            self.settings.group_id,
-            [self.topics.usage_events, self.topics.account_events],
-        )
+        return groups_lag(self.settings.kafka_bootstrap, self.settings.worker_inputs())
 
     def sink_lag(self) -> int:
         """Records the ClickHouse sink has not committed yet."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -257,3 +258,60 @@ def test_a_worker_killed_mid_stream_hands_over_without_loss_or_double_count(
         if second.poll() is None:
             second.kill()
             second.wait()
+
+
+def test_a_worker_joining_and_leaving_while_events_flow_changes_nothing(
+    pipeline: Pipeline,
+) -> None:
+    """While 50,000 events flow, a second worker joins the consumer group and later leaves
+    it (SIGTERM): two rebalances with batches in flight, each settled and committed or
+    left to the next owner. Counters equal the reference exactly, and accepted +
+    dead-lettered + duplicates = produced."""
+    print(f"seed {SEED}")
+    rng = random.Random(SEED + 2)
+    now = workload_time()
+    month = now.strftime("%Y-%m")
+    accounts, usage, reference = build_workload(rng, now)
+
+    # Given one worker and the orgs in place
+    pipeline.start_worker()
+    with pipeline.emitter() as emit:
+        for event in accounts:
+            emit.emit_account(event)
+    for org in reference.orgs:
+        pipeline.wait_for_gate(org, "stranger", "unknown_member", timeout_s=90)
+
+    # When usage flows for ~15 s, paced, while a second worker joins and then leaves
+    def flow() -> None:
+        with pipeline.emitter() as emit:
+            for start in range(0, len(usage), 500):
+                for event in usage[start : start + 500]:
+                    emit.emit_usage(event)
+                time.sleep(0.15)
+
+    sender = threading.Thread(target=flow)
+    sender.start()
+    second = pipeline.spawn_worker()
+    try:
+        time.sleep(rng.uniform(6.0, 9.0))  # joined (a worker starts in ~3 s) and working
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=90) == 0  # a graceful leave: in flight settled
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait()
+        sender.join()
+
+    # Then the remaining worker catches up and Redis equals the reference exactly
+    pipeline.wait_caught_up()
+    assert redis_state(pipeline, reference, month) == expected_state(reference, month), SEED
+    pipeline.wait_for(
+        lambda p: (
+            {e["event"]["event_id"] for e in p.priced()} == reference.accepted
+            and len({(d["source_partition"], d["source_offset"]) for d in p.dead()})
+            == reference.dead
+        ),
+        timeout_s=120,
+        what="outputs to match the reference",
+    )
+    assert len(reference.accepted) + reference.dead + reference.duplicates == len(usage)

@@ -59,15 +59,14 @@ def run(
     batch: Sequence[SourceRecord],
     book: PriceBook = BOOK,
 ) -> BatchResult:
+    if kind == "usage":  # synchronous: it runs in the usage hot path's thread
+        with redis.Redis.from_url(redis_url) as sync_client:
+            return UsageProcessor(sync_client, book, prefix, DEFAULT_TOPICS).process(batch)
+
     async def go() -> BatchResult:
         client = AsyncRedis.from_url(redis_url)
         try:
-            processor = (
-                UsageProcessor(client, book, prefix, DEFAULT_TOPICS)
-                if kind == "usage"
-                else AccountProcessor(client, book, prefix, DEFAULT_TOPICS)
-            )
-            return await processor.process(batch)
+            return await AccountProcessor(client, book, prefix, DEFAULT_TOPICS).process(batch)
         finally:
             await client.aclose()
 

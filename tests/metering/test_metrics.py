@@ -14,16 +14,14 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from faust.types import TP
 
 from metering import metrics
 from metering.settings import Settings
 from metering.stack.process import free_port
-from metering.worker import BatchPipeline, sink_metrics_port
+from metering.worker import sink_metrics_port
 from tests.conftest import RunningStack
 from tests.e2e.pipeline import Pipeline, cleanup, new_pipeline
 from tests.e2e.scenario import account, new_org, spend, usage
@@ -141,7 +139,7 @@ def test_worker_counts_consumed_accepted_dead_letters_blocks_and_resumes(
         ("metering_worker_resumes_total", (("reason", "user_cap_reached"),)): 1,
         (
             "metering_consumer_lag",
-            (("group", pipeline.settings.group_id), ("topic", pipeline.topics.usage_events)),
+            (("group", pipeline.settings.usage_group_id), ("topic", pipeline.topics.usage_events)),
         ): 0,
         (
             "metering_consumer_lag",
@@ -311,34 +309,3 @@ def test_metrics_port_in_use_or_zero_is_not_fatal() -> None:
 def test_the_worker_gives_its_sink_child_the_next_port() -> None:
     assert sink_metrics_port(Settings(metrics_port=9400)) == 9401
     assert sink_metrics_port(Settings(metrics_port=0)) == 0
-
-
-class _Consumer:
-    """What `BatchPipeline.lag` reads of faust's consumer: its assignment and the high
-    watermarks of its last fetch (the real ones are checked end to end above)."""
-
-    def __init__(self, highwaters: dict[TP, int | None]) -> None:
-        self.highwaters = highwaters
-
-    def assignment(self) -> set[TP]:
-        return set(self.highwaters)
-
-    def highwater(self, tp: TP) -> int | None:
-        return self.highwaters[tp]
-
-
-def test_worker_lag_is_high_watermark_minus_position_on_assigned_partitions() -> None:
-    usage, account = "usage.events.v1", "account.events.v1"
-    consumer = _Consumer({TP(usage, 0): 120, TP(usage, 1): 50, TP(usage, 2): 7, TP(account, 0): 9})
-    stream = SimpleNamespace(app=SimpleNamespace(consumer=consumer))
-    pipeline = BatchPipeline(stream, processor=None, publisher=None, client=None, prefix="")  # type: ignore[arg-type]
-    pipeline._next_offsets.update(
-        {TP(usage, 0): 100, TP(usage, 1): 50, TP(usage, 3): 0, TP(account, 0): 4}
-    )
-    # partition 2: nothing taken since assigned (unknown); 3: no longer assigned
-    assert pipeline.lag(usage) == 20
-    assert pipeline.lag(account) == 5
-    consumer.highwaters[TP(usage, 1)] = None  # not fetched yet
-    assert pipeline.lag(usage) == 20
-    pipeline.forget({TP(usage, 0)})  # revoked: its position is no longer ours
-    assert pipeline.lag(usage) == 0

@@ -1,0 +1,319 @@
+"""`BatchLoop`: consume a batch → hand it over → commit its offsets once it is settled.
+
+The one loop of the project's high-volume confluent-kafka consumers (the usage hot path
+of `metering worker`). Its whole crash-safety argument:
+
+- a batch's offsets are committed only after its `Work` says it is settled — for the
+  usage path: its Redis writes applied and every output acknowledged by the broker —
+  and only after every earlier batch's (commits in batch order);
+- nothing is committed otherwise (`enable.auto.commit` is off), so a crash at any point
+  replays every batch not yet committed, and the work is idempotent (event ids, offsets
+  stored with the state), so a replay changes nothing that was already done;
+- on a rebalance (`on_revoke`) the batches in flight settle and are committed before the
+  partitions go, or are abandoned uncommitted (the next owner replays them); a batch
+  being handed over when its partitions are revoked is abandoned the same way.
+
+Up to `max_in_flight` batches wait for their settlement while the next ones are
+consumed and handed over; a batch's `Work` may also settle it before returning (e.g.
+when later batches must see its effects). While the loop waits — a full window, or a
+hand-over retrying Redis or Kafka — it pauses its partitions and keeps calling
+`consume`, so the group keeps its member (`max.poll.interval.ms`) and rebalances are
+served; anything such a call returns is rewound (`seek`) and read again later.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from threading import Event
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from metering.enforcement.records import SourceRecord
+
+log = logging.getLogger("metering.batch_loop")
+
+IDLE_POLL_S = 0.1  # nothing in flight: how long one consume call waits for a record
+IN_FLIGHT_POLL_S = 0.002  # batches in flight: come back soon to settle them
+KEEP_ALIVE_POLL_S = 0.05
+LAG_REFRESH_S = 5.0
+DRAIN_TIMEOUT_S = 15.0  # on revoke or stop: how long batches in flight may take to settle
+
+
+class Abandoned(Exception):
+    """The batch's partitions were revoked while it was being handed over."""
+
+
+class Settlement(Protocol):
+    def settled(self) -> bool:
+        """True once the batch's work is done for good (polled by the loop)."""
+        ...
+
+
+class Work(Protocol):
+    def handle(self, records: Sequence[SourceRecord], loop: BatchLoop) -> Settlement:
+        """Take a batch on. Retries call `loop.keep_alive(seconds)` instead of sleeping,
+        and give up with `Abandoned` when `loop.abandoned` says so."""
+        ...
+
+    def serve(self) -> None:
+        """Called on every turn of the loop: delivery reports, re-sends."""
+        ...
+
+
+@dataclass(slots=True)
+class _InFlight:
+    commit: list[TopicPartition]  # per partition: the offset after the batch's last
+    settlement: Settlement
+    size: int
+
+
+def source_record(message: Message) -> SourceRecord:
+    """A consumed record, independent of the client that carried it."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None  # a record
+    return SourceRecord(
+        topic, partition, offset, message.key(), message.value(), message.timestamp()[1]
+    )
+
+
+def _next_offsets(records: Sequence[SourceRecord]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for record in records:  # in offset order per partition, as consumed
+        last[(record.topic, record.partition)] = record.offset
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
+
+
+class BatchLoop:
+    def __init__(
+        self,
+        consumer: Consumer,
+        topics: Sequence[str],
+        work: Work,
+        *,
+        max_records: int = 5000,
+        max_in_flight: int = 2,
+        on_batch: Callable[[int], None] | None = None,
+        on_lag: Callable[[int], None] | None = None,
+    ) -> None:
+        self._consumer = consumer
+        self._topics = list(topics)
+        self._work = work
+        self._max_records = max_records
+        self._max_in_flight = max_in_flight
+        self._on_batch = on_batch  # told each batch's size as it is consumed (metrics)
+        self._on_lag = on_lag  # told the lag every LAG_REFRESH_S (metrics)
+        self._lag_reported = 0.0
+        self._in_flight: deque[_InFlight] = deque()
+        self._paused: list[TopicPartition] = []
+        self._handing_over = False
+        self._async_commits = False
+        self._committed: dict[tuple[str, int], int] = {}
+        self.abandoned = False  # the batch being handed over lost its partitions
+        self.committed_batches = 0
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self, stop: Event) -> None:
+        """Until `stop` is set; then settle what is in flight, commit it, leave the group."""
+        self.subscribe()
+        try:
+            while not stop.is_set():
+                self.turn()
+            self._drain()
+        finally:
+            self._consumer.close()  # leaves the group; commits nothing (auto-commit off)
+
+    def subscribe(self) -> None:
+        self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+
+    def turn(self) -> int:
+        """One consume → hand over → settle step. Returns how many records it took."""
+        records = self._take()
+        if records:
+            if self._on_batch is not None:
+                self._on_batch(len(records))
+            self._hand_over(records)
+        self._settle(wait=len(self._in_flight) > self._max_in_flight)
+        if self._on_lag is not None and time.monotonic() - self._lag_reported > LAG_REFRESH_S:
+            self._lag_reported = time.monotonic()
+            self._on_lag(self.lag())
+        return len(records)
+
+    def lag(self) -> int:
+        """Records on the assigned partitions not consumed yet: the high watermark of the
+        last fetch minus the position, from the client's cached state (no request)."""
+        lag = 0
+        try:
+            for tp in self._consumer.position(self._consumer.assignment()):
+                if tp.offset < 0:  # nothing consumed yet: not known
+                    continue
+                _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                if high >= 0:
+                    lag += max(high - tp.offset, 0)
+        except KafkaException as exc:  # e.g. in a rebalance: known again later
+            log.debug("consumer lag not known now (%s)", exc)
+        return lag
+
+    def _take(self) -> list[SourceRecord]:
+        """The next batch: waits for one record (briefly while batches are in flight),
+        then takes whatever else has arrived, up to `max_records`, without waiting —
+        at a low rate a batch is one or a few records, under a backlog a full one."""
+        timeout = IN_FLIGHT_POLL_S if self._in_flight else IDLE_POLL_S
+        messages = self._consumer.consume(num_messages=1, timeout=timeout)
+        if messages:
+            messages += self._consumer.consume(num_messages=self._max_records - 1, timeout=0)
+        return [source_record(m) for m in messages if self._usable(m)]
+
+    @staticmethod
+    def _usable(message: Message) -> bool:
+        error = message.error()
+        if error is None:
+            return True
+        if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            log.warning("%s; waiting for it", error.str())  # not created yet: wait
+            return False
+        if error.code() == KafkaError._PARTITION_EOF:
+            return False
+        raise KafkaException(error)
+
+    def _hand_over(self, records: list[SourceRecord]) -> None:
+        self.abandoned = False
+        self._handing_over = True
+        try:
+            settlement = self._work.handle(records, self)
+        except Abandoned:
+            log.warning(
+                "a batch of %d was abandoned in a rebalance; its next owner replays it",
+                len(records),
+            )
+            return
+        finally:
+            self._handing_over = False
+            self._resume()
+        if self.abandoned:  # revoked while it was handed over: its offsets are not ours
+            return
+        self._in_flight.append(_InFlight(_next_offsets(records), settlement, len(records)))
+
+    def _settle(self, *, wait: bool) -> None:
+        """Commit the settled batches at the head of the window; with `wait`, until the
+        window has room again."""
+        while True:
+            self._work.serve()
+            while self._in_flight and self._in_flight[0].settlement.settled():
+                self._commit(self._in_flight.popleft(), asynchronous=True)
+            if not wait or len(self._in_flight) <= self._max_in_flight:
+                return
+            self.keep_alive(IN_FLIGHT_POLL_S)
+            if not self._in_flight:  # a rebalance settled or abandoned them
+                return
+
+    def _commit(self, batch: _InFlight, *, asynchronous: bool) -> None:
+        for tp in batch.commit:
+            self._committed[(tp.topic, tp.partition)] = tp.offset
+        try:
+            if asynchronous:
+                self._consumer.commit(offsets=batch.commit, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=batch.commit, asynchronous=False)
+        except KafkaException as exc:
+            # Only when the group no longer gives us the partitions: their next owner
+            # replays the batch, which the work's idempotence makes harmless.
+            log.warning("offset commit refused (%s); the batch will be replayed", exc)
+        self.committed_batches += 1
+        self._async_commits = asynchronous
+
+    def _confirm_commits(self) -> None:
+        """Commit the positions of everything committed asynchronously once more, and
+        wait for it: before the partitions go or the consumer closes."""
+        if not self._async_commits:
+            return
+        self._async_commits = False
+        try:
+            committed = self._last_committed()
+            if committed:
+                self._consumer.commit(offsets=committed, asynchronous=False)
+        except KafkaException as exc:
+            log.warning("final offset commit refused (%s); the next owner replays", exc)
+
+    # -- waiting without leaving the group -------------------------------------------
+
+    def keep_alive(self, seconds: float) -> None:
+        """Wait `seconds` while staying in the group: partitions paused, `consume` called
+        (which also runs rebalance callbacks); anything it returns is rewound."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self._pause_all()
+            self._work.serve()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            messages = self._consumer.consume(
+                num_messages=1000, timeout=min(left, KEEP_ALIVE_POLL_S)
+            )
+            self._rewind(messages)
+
+    def _pause_all(self) -> None:
+        """Pause every assigned partition (also those a rebalance just assigned)."""
+        paused = set(self._paused)
+        new = [tp for tp in self._consumer.assignment() if tp not in paused]
+        if new:
+            self._consumer.pause(new)
+            self._paused += new
+
+    def _rewind(self, messages: list[Message]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if message.error() is None:
+                place = (message.topic() or "", message.partition() or 0)
+                first.setdefault(place, message.offset() or 0)
+        for (topic, partition), offset in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:  # revoked meanwhile: the next owner reads it
+                log.debug("rewind of %s[%d] not needed (%s)", topic, partition, exc)
+
+    def _last_committed(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p, o) for (t, p), o in sorted(self._committed.items())]
+
+    def _resume(self) -> None:
+        if self._paused:
+            still_ours = set(self._consumer.assignment())
+            paused = [tp for tp in self._paused if tp in still_ours]
+            if paused:
+                self._consumer.resume(paused)
+            self._paused = []
+
+    # -- rebalance and shutdown ------------------------------------------------------
+
+    def _on_revoke(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        """Before the partitions go: settle and commit what is in flight (or leave it to
+        the next owner when it does not settle in time); a batch being handed over is
+        abandoned."""
+        self._drain()
+        self._committed.clear()
+        if self._handing_over:
+            self.abandoned = True
+        self._paused = []
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while self._in_flight:
+            self._work.serve()
+            head = self._in_flight[0]
+            if head.settlement.settled():
+                self._commit(self._in_flight.popleft(), asynchronous=False)
+            elif time.monotonic() > deadline:
+                log.warning(
+                    "%d batches in flight did not settle in %.0f s; their next owner replays them",
+                    len(self._in_flight),
+                    DRAIN_TIMEOUT_S,
+                )
+                self._in_flight.clear()
+            else:
+                time.sleep(IN_FLIGHT_POLL_S)
+        self._confirm_commits()
