@@ -4,7 +4,8 @@ cap stops a user, how fast the gate answers — and the raw Kafka ceiling beside
 Method (all on a private namespace with 12 partitions, `bench.harness`, against the
 local stack):
 1. backlog: N usage events for 200 orgs are emitted first; `metering worker` processes
-   (METERING_BENCH_WORKERS, default 1) are then started and timed until their consumer
+   (METERING_BENCH_WORKERS, default 1; by default then again, on a fresh backlog, with 2
+   workers in one consumer group) are then started and timed until their consumer
    group has committed all of them (events/s sustained, including start-up and group
    join; also the rate after the first commit, and the workers' CPU time per event then,
    which varies far less than rates on shared cores). The CPU per event of the local
@@ -15,7 +16,7 @@ local stack):
    path costs, a floor under the worker's;
 3. raw ceiling: a plain confluent-kafka consumer reads the same topic end to end;
 4. event-to-block: while background traffic flows at METERING_BENCH_BACKGROUND_RATE
-   events/s (default 2,000), an event that takes a member over their cap is emitted and
+   events/s (default 5,000), an event that takes a member over their cap is emitted and
    the gate is polled until it says `user_cap_reached` (p50/p90/p99/max over
    METERING_BENCH_BLOCK_TRIALS trials, default 100);
 5. gate: sequential `Gate.check` calls (p50/p99, one Redis round trip each).
@@ -55,7 +56,7 @@ BACKLOG_EVENTS = int(os.environ.get("METERING_BENCH_EVENTS", "200000"))
 PARTITIONS = 12
 ORGS = 200
 BLOCK_TRIALS = int(os.environ.get("METERING_BENCH_BLOCK_TRIALS", "100"))
-BACKGROUND_RATE_PER_S = int(os.environ.get("METERING_BENCH_BACKGROUND_RATE", "2000"))
+BACKGROUND_RATE_PER_S = int(os.environ.get("METERING_BENCH_BACKGROUND_RATE", "5000"))
 GATE_CALLS = 5000
 WORKERS = int(os.environ.get("METERING_BENCH_WORKERS", "1"))
 # Only the sustained run (no raw ceiling, block latency or gate): quicker A/B comparisons.
@@ -277,7 +278,25 @@ def main() -> None:
     with Namespace.create("bench", partitions=PARTITIONS, log="bench-worker.log") as ns:
         results = _measure(ns)
     if results is not None:
+        if WORKERS == 1:  # the same backlog again with two workers in one consumer group
+            with Namespace.create("bench2", partitions=PARTITIONS, log="bench-worker.log") as ns:
+                results["pipeline_two_workers"] = _sustained_run(ns, 2)
         _report(results)
+
+
+def _sustained_run(ns: Namespace, workers: int) -> dict[str, Any]:
+    """The sustained measurement alone, with `workers` workers, on a fresh backlog."""
+    traffic = TrafficGenerator(
+        seed=98, orgs=ORGS, members_per_org=10, start=datetime.now(UTC) - timedelta(hours=1)
+    )
+    ns.emit_backlog(traffic, BACKLOG_EVENTS)
+    started = time.perf_counter()
+    processes = ns.spawn([METERING, "worker"], count=workers, sink_in_worker=False)
+    try:
+        return _sustained(ns, ns.settings, started, [w.pid for w in processes])
+    finally:
+        for process in processes:
+            ns.stop(process)
 
 
 def _measure(ns: Namespace) -> dict[str, Any] | None:
@@ -354,6 +373,13 @@ def _report(results: dict[str, Any]) -> None:
         f"{p['events_per_s']:,} events/s ({p['events']:,} events, {p['seconds']} s; "
         f"{p['steady_events_per_s']:,}/s after the first commit)",
     )
+    if "pipeline_two_workers" in results:
+        two = results["pipeline_two_workers"]
+        table.add_row(
+            "pipeline sustained, 2 workers",
+            f"{two['events_per_s']:,} events/s ({two['steady_events_per_s']:,}/s after the "
+            f"first commit); worker {two['worker_cpu_us_per_event']} µs/event",
+        )
     table.add_row(
         "CPU per event",
         f"worker {p['worker_cpu_us_per_event']} µs · broker {p['broker_cpu_us_per_event']} µs"

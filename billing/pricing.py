@@ -20,7 +20,7 @@ from schemas.price_book import (
     PriceVersion,
     SeatPrice,
 )
-from schemas.usage import UsageEvent
+from schemas.usage import UsageEvent, UsageFacts
 from schemas.validation import Reason
 
 
@@ -121,7 +121,7 @@ class PriceBook:
         return version.seats[seat_type].monthly_usage_allowance
 
 
-def price_usage(event: UsageEvent, book: PriceBook) -> PricedUsage:
+def price_usage(event: UsageFacts, book: PriceBook) -> PricedUsage:
     """Price one event exactly. Raises `UnknownModel`."""
     rates, version = book.token_rates(event.model, event.occurred_at)
     cost = (

@@ -16,9 +16,11 @@ of `metering worker`). Its whole crash-safety argument:
 Up to `max_in_flight` batches wait for their settlement while the next ones are
 consumed and handed over; a batch's `Work` may also settle it before returning (e.g.
 when later batches must see its effects). While the loop waits — a full window, or a
-hand-over retrying Redis or Kafka — it pauses its partitions and keeps calling
-`consume`, so the group keeps its member (`max.poll.interval.ms`) and rebalances are
-served; anything such a call returns is rewound (`seek`) and read again later.
+hand-over retrying Redis or Kafka — it serves the work (delivery reports); once it has
+not consumed for `consume_gap_s` it pauses its partitions and calls `consume` again, so
+the group keeps its member (`max.poll.interval.ms`) and rebalances are served; anything
+such a call returns is rewound (`seek`) and read again later. (Not at once: pausing
+drops the records the client has prefetched, which a short wait for acks would waste.)
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ log = logging.getLogger("metering.batch_loop")
 IDLE_POLL_S = 0.1  # nothing in flight: how long one consume call waits for a record
 IN_FLIGHT_POLL_S = 0.002  # batches in flight: come back soon to settle them
 KEEP_ALIVE_POLL_S = 0.05
+CONSUME_GAP_S = 5.0  # waiting longer than this without consuming: pause and consume
 LAG_REFRESH_S = 5.0
 DRAIN_TIMEOUT_S = 15.0  # on revoke or stop: how long batches in flight may take to settle
 
@@ -60,8 +63,18 @@ class Work(Protocol):
         and give up with `Abandoned` when `loop.abandoned` says so."""
         ...
 
-    def serve(self) -> None:
-        """Called on every turn of the loop: delivery reports, re-sends."""
+    def serve(self, timeout_s: float) -> None:
+        """Called on every turn of the loop: delivery reports, re-sends. May block up to
+        `timeout_s` for something to happen."""
+        ...
+
+    def idle(self) -> None:
+        """No new batch came (or the loop drains): finish what a next batch's hand-over
+        would have finished."""
+        ...
+
+    def forget(self) -> None:
+        """The loop gave every batch in flight up (a rebalance): drop them."""
         ...
 
 
@@ -99,6 +112,7 @@ class BatchLoop:
         max_in_flight: int = 2,
         on_batch: Callable[[int], None] | None = None,
         on_lag: Callable[[int], None] | None = None,
+        consume_gap_s: float = CONSUME_GAP_S,
     ) -> None:
         self._consumer = consumer
         self._topics = list(topics)
@@ -108,6 +122,8 @@ class BatchLoop:
         self._on_batch = on_batch  # told each batch's size as it is consumed (metrics)
         self._on_lag = on_lag  # told the lag every LAG_REFRESH_S (metrics)
         self._lag_reported = 0.0
+        self._consume_gap_s = consume_gap_s
+        self._last_consume = time.monotonic()
         self._in_flight: deque[_InFlight] = deque()
         self._paused: list[TopicPartition] = []
         self._handing_over = False
@@ -138,6 +154,8 @@ class BatchLoop:
             if self._on_batch is not None:
                 self._on_batch(len(records))
             self._hand_over(records)
+        else:
+            self._work.idle()
         self._settle(wait=len(self._in_flight) > self._max_in_flight)
         if self._on_lag is not None and time.monotonic() - self._lag_reported > LAG_REFRESH_S:
             self._lag_reported = time.monotonic()
@@ -163,6 +181,8 @@ class BatchLoop:
         """The next batch: waits for one record (briefly while batches are in flight),
         then takes whatever else has arrived, up to `max_records`, without waiting —
         at a low rate a batch is one or a few records, under a backlog a full one."""
+        self._resume()
+        self._last_consume = time.monotonic()
         timeout = IN_FLIGHT_POLL_S if self._in_flight else IDLE_POLL_S
         messages = self._consumer.consume(num_messages=1, timeout=timeout)
         if messages:
@@ -187,6 +207,7 @@ class BatchLoop:
         try:
             settlement = self._work.handle(records, self)
         except Abandoned:
+            self._work.forget()
             log.warning(
                 "a batch of %d was abandoned in a rebalance; its next owner replays it",
                 len(records),
@@ -194,7 +215,6 @@ class BatchLoop:
             return
         finally:
             self._handing_over = False
-            self._resume()
         if self.abandoned:  # revoked while it was handed over: its offsets are not ours
             return
         self._in_flight.append(_InFlight(_next_offsets(records), settlement, len(records)))
@@ -203,7 +223,7 @@ class BatchLoop:
         """Commit the settled batches at the head of the window; with `wait`, until the
         window has room again."""
         while True:
-            self._work.serve()
+            self._work.serve(0)
             while self._in_flight and self._in_flight[0].settlement.settled():
                 self._commit(self._in_flight.popleft(), asynchronous=True)
             if not wait or len(self._in_flight) <= self._max_in_flight:
@@ -243,19 +263,20 @@ class BatchLoop:
     # -- waiting without leaving the group -------------------------------------------
 
     def keep_alive(self, seconds: float) -> None:
-        """Wait `seconds` while staying in the group: partitions paused, `consume` called
-        (which also runs rebalance callbacks); anything it returns is rewound."""
+        """Wait `seconds`, serving the work, while staying in the group: past
+        `consume_gap_s` without consuming, partitions paused and `consume` called (which
+        also runs rebalance callbacks); anything it returns is rewound."""
         deadline = time.monotonic() + seconds
         while True:
-            self._pause_all()
-            self._work.serve()
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return
-            messages = self._consumer.consume(
-                num_messages=1000, timeout=min(left, KEEP_ALIVE_POLL_S)
-            )
-            self._rewind(messages)
+            if now - self._last_consume >= self._consume_gap_s:
+                self._pause_all()
+                self._last_consume = now
+                self._rewind(self._consumer.consume(num_messages=1000, timeout=0))
+            self._work.serve(min(left, KEEP_ALIVE_POLL_S))
 
     def _pause_all(self) -> None:
         """Pause every assigned partition (also those a rebalance just assigned)."""
@@ -303,10 +324,11 @@ class BatchLoop:
     def _drain(self) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         while self._in_flight:
-            self._work.serve()
+            self._work.idle()
+            self._work.serve(IN_FLIGHT_POLL_S)
             head = self._in_flight[0]
-            if head.settlement.settled():
-                self._commit(self._in_flight.popleft(), asynchronous=False)
+            if head.settlement.settled():  # confirmed below, with one synchronous commit
+                self._commit(self._in_flight.popleft(), asynchronous=True)
             elif time.monotonic() > deadline:
                 log.warning(
                     "%d batches in flight did not settle in %.0f s; their next owner replays them",
@@ -314,6 +336,5 @@ class BatchLoop:
                     DRAIN_TIMEOUT_S,
                 )
                 self._in_flight.clear()
-            else:
-                time.sleep(IN_FLIGHT_POLL_S)
+                self._work.forget()
         self._confirm_commits()

@@ -3,17 +3,21 @@
 A `BatchLoop` (confluent-kafka, in a thread of its own) hands each consumed batch to
 `UsageWork`, which:
 
-1. applies it: `UsageProcessor.process` runs the batch's Lua scripts in one pipelined
-   round trip and decides every output (priced, dead-lettered, notifications with their
-   marks) — retried while Redis is unreachable, the group kept meanwhile;
-2. produces the outputs at once, in order (acks=all);
+1. prepares it (validates, prices, builds one Lua script call per org and partition)
+   and sends the scripts to Redis in one write — without waiting for the replies: the
+   loop consumes and prepares the next batch while Redis runs them;
+2. applies it when the next batch is prepared (or none came): reads the replies,
+   decides every output (priced, dead-lettered, notifications with their marks) and
+   produces them at once, in order (acks=all). Only then are the next batch's scripts
+   sent, so Redis sees the batches one after the other. A Redis failure is retried
+   (the whole batch again: the scripts are idempotent), the group kept meanwhile;
 3. settles it when the broker has acknowledged every output: then, and only then, the
    loop commits the batch's offsets (after every earlier batch's). Outputs that failed
    are produced again (consumers de-duplicate by event_id and notification_id).
 
-A batch that made notifications due is settled before the next batch is applied: its
-marks are recorded in Redis once the broker has the notifications, and the next
-batch's scripts must see them, or they would notify again.
+A batch that made notifications due is settled before the next batch's scripts are
+sent: its marks are recorded in Redis once the broker has the notifications, and the
+next batch's scripts must see them, or they would notify again.
 
 No faust on this path: its per-message machinery cost more than all the billing work
 (docs/decisions.md › The usage hot path off faust).
@@ -37,9 +41,11 @@ from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.notify import record_marks_sync
 from metering.enforcement.publisher import Acks, Publisher
 from metering.enforcement.records import SourceRecord
-from metering.enforcement.usage_processor import UsageProcessor
+from metering.enforcement.scripts import SentScriptCalls
+from metering.enforcement.usage_processor import PreparedBatch, UsageProcessor
 from metering.metrics import (
     CONSUMER_LAG,
+    REDIS_APPLY_USAGE,
     USAGE,
     WORKER_BATCH_RETRIES,
     WORKER_BATCH_SECONDS,
@@ -59,16 +65,30 @@ RETRYABLE_REDIS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _Batch:
-    """One batch between production and settlement."""
+    """One batch from hand-over to settlement: prepared → scripts sent → applied (outputs
+    produced) → settled (acknowledged, marks recorded)."""
 
-    __slots__ = ("acks", "attempt", "produced_at", "result", "retry_at", "settled_flag")
+    __slots__ = (
+        "acks",
+        "attempt",
+        "prepared",
+        "produced_at",
+        "result",
+        "retry_at",
+        "sent",
+        "sent_at",
+        "settled_flag",
+    )
 
-    def __init__(self, result: BatchResult, acks: Acks) -> None:
-        self.result = result
-        self.acks = acks
-        self.produced_at = time.perf_counter()
+    def __init__(self, prepared: PreparedBatch) -> None:
+        self.prepared = prepared
+        self.sent: SentScriptCalls | None = None  # None: (re)send before reading
+        self.sent_at = 0.0
+        self.result: BatchResult | None = None  # once applied
+        self.acks: Acks | None = None
+        self.produced_at = 0.0
         self.attempt = 0
-        self.retry_at = 0.0
+        self.retry_at = 0.0  # back-off for a Redis or publish retry
         self.settled_flag = False
 
     def settled(self) -> bool:
@@ -76,6 +96,11 @@ class _Batch:
 
 
 class UsageWork:
+    """The batch loop's work for usage (see the module doc). Batch N+1 is prepared
+    (validated, priced, its script calls built) while Redis runs batch N's scripts; N's
+    replies are read and its outputs produced before N+1's scripts are sent, so Redis
+    still sees the batches one after the other."""
+
     def __init__(
         self, processor: UsageProcessor, publisher: Publisher, client: redis.Redis, prefix: str
     ) -> None:
@@ -83,52 +108,96 @@ class UsageWork:
         self._publisher = publisher
         self._redis = client
         self._prefix = prefix
-        self._waiting: deque[_Batch] = deque()  # produced, not settled: in batch order
+        self._unapplied: _Batch | None = None  # scripts sent (or to send), replies unread
+        self._waiting: deque[_Batch] = deque()  # handed over, not settled: in batch order
         self._batch_seconds = WORKER_BATCH_SECONDS.labels(USAGE)
         self._delivery_seconds = WORKER_DELIVERY_SECONDS.labels(USAGE)
         self._apply_retries = WORKER_BATCH_RETRIES.labels(USAGE, "apply")
         self._publish_retries = WORKER_BATCH_RETRIES.labels(USAGE, "publish")
 
     def handle(self, records: Sequence[SourceRecord], loop: BatchLoop) -> _Batch:
-        started = time.perf_counter()
-        result = self._apply(records, loop)
-        self._batch_seconds.observe(time.perf_counter() - started)
-        batch = _Batch(result, self._publisher.produce(result.outputs))
+        batch = _Batch(self._processor.prepare(records))  # meanwhile Redis runs batch N
+        while self._unapplied is not None:  # batch N: replies read, outputs produced
+            if not self._apply(self._unapplied):
+                loop.keep_alive(max(self._unapplied.retry_at - time.perf_counter(), 0.001))
+                if loop.abandoned:  # revoked while Redis was retried: the next owner replays
+                    raise Abandoned
+        while self._marks_unrecorded():  # this batch's scripts must see earlier marks
+            loop.keep_alive(0.001)
+            if loop.abandoned:
+                raise Abandoned
+        self._send(batch)
+        self._unapplied = batch
         self._waiting.append(batch)
-        if result.marks:
-            while not batch.settled_flag:  # the next batch's scripts must see the marks
-                loop.keep_alive(0.001)
         return batch
 
-    def _apply(self, records: Sequence[SourceRecord], loop: BatchLoop) -> BatchResult:
-        """Retried while Redis is unreachable (the scripts are idempotent: a replayed
-        record is recognised, never counted twice)."""
-        attempt = 0
-        while True:
-            try:
-                return self._processor.process(records)
-            except RETRYABLE_REDIS as exc:
-                self._apply_retries.inc()
-                delay = backoff_s(attempt)
-                log.warning(
-                    "usage batch of %d failed (%s); retrying in %.1f s", len(records), exc, delay
-                )
-                loop.keep_alive(delay)
-                if loop.abandoned:
-                    raise Abandoned from exc
-                attempt += 1
+    def _marks_unrecorded(self) -> bool:
+        """A batch applied with notifications whose marks are not recorded yet."""
+        return any(
+            b.result is not None and b.result.marks and not b.settled_flag for b in self._waiting
+        )
 
-    def serve(self) -> None:
-        """Delivery reports; settle the batches the broker has, re-send failed ones."""
-        self._publisher.poll()
+    def _send(self, batch: _Batch) -> None:
+        try:
+            batch.sent_at = time.perf_counter()
+            batch.sent = self._processor.send(batch.prepared)
+        except RETRYABLE_REDIS as exc:  # sent again when its replies are due
+            log.warning("sending a usage batch to Redis failed (%s); retrying", exc)
+            batch.sent = None
+
+    def _apply(self, batch: _Batch) -> bool:
+        """Read the batch's replies (or run its scripts again after a failure), decide
+        its outputs and produce them. False when Redis failed: tried again after a
+        back-off (the scripts are idempotent: a replayed event is recognised, never
+        counted twice)."""
+        now = time.perf_counter()
+        if now < batch.retry_at:
+            return False
+        try:
+            if batch.sent is None:
+                batch.sent_at = now
+                batch.sent = self._processor.send(batch.prepared)
+            replies, batch.sent = batch.sent.replies(), None
+            REDIS_APPLY_USAGE.observe(time.perf_counter() - batch.sent_at)
+            result = self._processor.finish(batch.prepared, replies)
+        except RETRYABLE_REDIS as exc:
+            batch.sent = None
+            self._apply_retries.inc()
+            delay = backoff_s(batch.attempt)
+            batch.attempt += 1
+            batch.retry_at = time.perf_counter() + delay
+            log.warning("usage batch failed in Redis (%s); retrying in %.1f s", exc, delay)
+            return False
+        self._batch_seconds.observe(time.perf_counter() - batch.sent_at)
+        batch.result = result
+        batch.acks = self._publisher.produce(result.outputs)
+        batch.produced_at = time.perf_counter()
+        batch.attempt, batch.retry_at = 0, 0.0
+        self._unapplied = None
+        return True
+
+    def forget(self) -> None:
+        self._unapplied = None
+        self._waiting.clear()
+
+    def idle(self) -> None:
+        """No next batch came to apply the last one: apply it now."""
+        if self._unapplied is not None:
+            self._apply(self._unapplied)
+
+    def serve(self, timeout_s: float) -> None:
+        """Delivery reports (waiting up to `timeout_s` for one); settle the batches the
+        broker has, re-send failed ones."""
+        self._publisher.poll(timeout_s if self._waiting else 0)
         now = time.perf_counter()
         for batch in self._waiting:
-            if batch.acks.done() and not batch.settled_flag:
+            if batch.acks is not None and batch.acks.done() and not batch.settled_flag:
                 self._settle_or_resend(batch, now)
         while self._waiting and self._waiting[0].settled_flag:
             self._waiting.popleft()
 
     def _settle_or_resend(self, batch: _Batch, now: float) -> None:
+        assert batch.result is not None and batch.acks is not None  # produced
         if batch.acks.errors:
             if now < batch.retry_at:
                 return

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
 from schemas.common import Contract, Id, TokenCount, UtcDatetime
 
@@ -37,3 +39,29 @@ class UsageEvent(Contract):
     cache_creation_input_tokens: TokenCount = 0
     cache_read_input_tokens: TokenCount = 0
     occurred_at: UtcDatetime
+
+
+class UsageFacts(Protocol):
+    """What pricing and enforcement read of a usage event: a `UsageEvent`, or the usage
+    hot path's `schemas.usage_fast.FastUsage` (the same fields, decoded by msgspec)."""
+
+    @property
+    def event_id(self) -> str: ...
+    @property
+    def org_id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def surface(self) -> Surface: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def cache_creation_input_tokens(self) -> int: ...
+    @property
+    def cache_read_input_tokens(self) -> int: ...
+    @property
+    def occurred_at(self) -> datetime: ...

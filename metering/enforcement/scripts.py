@@ -101,3 +101,62 @@ def run_pipelined_sync(
             _raise_first_error(replies)
         return replies
     raise AssertionError("unreachable")
+
+
+class SentScriptCalls:
+    """Calls of `script` sent to Redis now, in one write, and read later: the caller
+    works meanwhile while Redis runs them (synchronous client). `replies()` once.
+
+    A connection error is raised (the connection is dropped; the calls may have run:
+    ours are idempotent, so the caller runs them again). After a NOSCRIPT the script is
+    loaded and every call run again."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        script: Script,
+        calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+    ) -> None:
+        self._client = client
+        self._script = script
+        self._calls = calls
+        self._connection: Any = None
+        if not calls:
+            return
+        pool = client.connection_pool
+        # redis-py's connection methods are untyped: the connection is held as Any.
+        connection: Any = pool.get_connection()
+        try:
+            connection.send_packed_command(
+                connection.pack_commands(
+                    [("EVALSHA", script.sha, len(keys), *keys, *args) for keys, args in calls]
+                )
+            )
+        except BaseException:
+            connection.disconnect()
+            pool.release(connection)
+            raise
+        self._connection = connection
+
+    def replies(self) -> list[Any]:
+        """Each call's reply, or the `ResponseError` Redis answered it with."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            if self._calls:
+                raise RuntimeError("replies() is read once")
+            return []
+        replies: list[Any] = []
+        try:
+            for _ in self._calls:
+                try:
+                    replies.append(connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+        except BaseException:
+            connection.disconnect()  # the rest of the replies are lost with it
+            raise
+        finally:
+            self._client.connection_pool.release(connection)
+        if _missing_script(replies) is not None:
+            return run_pipelined_sync(self._client, self._script, self._calls, raise_on_error=False)
+        return replies

@@ -43,13 +43,14 @@ from metering.enforcement.records import (
     digest_bytes,
     priced_json,
 )
-from metering.enforcement.scripts import run_pipelined_sync, usage_script
+from metering.enforcement.scripts import SentScriptCalls, run_pipelined_sync, usage_script
 from metering.enforcement.state_codec import decode_member
 from metering.metrics import REDIS_APPLY_USAGE
 from schemas.account import BillingMode, Plan, SeatType
 from schemas.money import MAX_EVENT_COST_NANO_USD, MAX_TOTAL_NANO_USD, format_usd
-from schemas.usage import UsageEvent
-from schemas.validation import InvalidEvent, Reason, encode_event, parse_usage_event
+from schemas.usage import UsageFacts
+from schemas.usage_fast import canonical_usage_json, parse_usage_fast
+from schemas.validation import InvalidEvent, Reason, parse_usage_event
 
 LEGACY_ALLOWANCE_SEATS = (SeatType.STANDARD, SeatType.PREMIUM)
 log = logging.getLogger("metering.worker")
@@ -58,12 +59,21 @@ log = logging.getLogger("metering.worker")
 @dataclass(slots=True)
 class _Valid:
     record: SourceRecord
-    event: UsageEvent
+    event: UsageFacts
     cost_nano_usd: int
     price_version: date
     allowances: str
     canonical: bytes  # the event's wire form, encoded once: digest and priced output use it
     month: str
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A usage batch validated and priced, its script calls built, not applied yet."""
+
+    result: BatchResult  # its dead letters so far; outcomes are added by `finish`
+    ordered: list[tuple[tuple[str, int], list[_Valid]]]
+    calls: list[tuple[list[str], list[Any]]]
 
 
 def _allowance_spec(book: PriceBook, day: date) -> str:
@@ -125,11 +135,14 @@ class UsageProcessor(BatchProcessor):
         if record.value is None:
             reject(Reason.MALFORMED_JSON.value, "record has no value")
             return None
-        try:
-            event = parse_usage_event(record.value, now=self._received_at(record))
-        except InvalidEvent as exc:
-            reject(exc.reason.value, exc.detail)
-            return None
+        now = self._received_at(record)
+        event: UsageFacts | None = parse_usage_fast(record.value, now=now)
+        if event is None:  # not the common form, or invalid: pydantic decides the reason
+            try:
+                event = parse_usage_event(record.value, now=now)
+            except InvalidEvent as exc:
+                reject(exc.reason.value, exc.detail)
+                return None
         try:
             priced = price_usage(event, self._book)
         except UnknownModel as exc:
@@ -155,27 +168,45 @@ class UsageProcessor(BatchProcessor):
             priced.cost_nano_usd,
             priced.price_version,
             self._allowances[day],
-            canonical=encode_event(event),
+            canonical=canonical_usage_json(event),
             month=f"{occurred.year:04d}-{occurred.month:02d}",
         )
 
     def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        """`prepare`, the scripts in one round trip, `finish`."""
+        prepared = self.prepare(records)
+        if not prepared.calls:
+            return prepared.result
+        started = perf_counter()
+        replies = run_pipelined_sync(
+            self._redis, self._script, prepared.calls, raise_on_error=False
+        )
+        REDIS_APPLY_USAGE.observe(perf_counter() - started)
+        return self.finish(prepared, replies)
+
+    def prepare(self, records: Sequence[SourceRecord]) -> PreparedBatch:
+        """Everything before Redis: validate, price, group by org and partition, build
+        the script calls. Needs no Redis state, so it may run while Redis is still
+        applying the previous batch."""
         result = BatchResult()
         groups: dict[tuple[str, int], list[_Valid]] = defaultdict(list)
         for record in records:
             valid = self._validate(record, result)
             if valid is not None:
                 groups[(valid.event.org_id, record.partition)].append(valid)
-        if not groups:
-            return result
-
         ordered = list(groups.items())
         calls = [self._call(org_id, partition, events) for (org_id, partition), events in ordered]
-        started = perf_counter()
-        replies = run_pipelined_sync(self._redis, self._script, calls, raise_on_error=False)
-        REDIS_APPLY_USAGE.observe(perf_counter() - started)
+        return PreparedBatch(result, ordered, calls)
 
-        for ((org_id, partition), events), reply in zip(ordered, replies, strict=True):
+    def send(self, prepared: PreparedBatch) -> SentScriptCalls:
+        """The batch's scripts, sent to Redis now; their replies are read later."""
+        return SentScriptCalls(self._redis, self._script, prepared.calls)
+
+    def finish(self, prepared: PreparedBatch, replies: list[Any]) -> BatchResult:
+        """Outcomes and notifications from the scripts' replies. Calls Redis again only
+        when a script was refused (one by one, see `_apply_one_by_one`)."""
+        result = prepared.result
+        for ((org_id, partition), events), reply in zip(prepared.ordered, replies, strict=True):
             if isinstance(reply, ResponseError):
                 state = self._apply_one_by_one(org_id, partition, events, reply)
             else:

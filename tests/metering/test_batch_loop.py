@@ -4,6 +4,7 @@ in batch order; an unsettled batch is replayed by the group's next consumer; wai
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,8 +44,15 @@ class _Work:
         self.settlements.append(settlement)
         return settlement
 
-    def serve(self) -> None:
+    def serve(self, timeout_s: float) -> None:
         self.served += 1
+        time.sleep(timeout_s)
+
+    def idle(self) -> None:
+        pass
+
+    def forget(self) -> None:
+        pass
 
     def offsets(self) -> list[int]:
         return [r.offset for batch in self.batches for r in batch]
@@ -77,8 +85,9 @@ def _committed(bootstrap: str, group: str, topic: str) -> int:
         probe.close()
 
 
-def _turn_until(loop: BatchLoop, done: Callable[[], bool], turns: int = 400) -> None:
-    for _ in range(turns):
+def _turn_until(loop: BatchLoop, done: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         loop.turn()
         if done():
             return
@@ -143,7 +152,7 @@ def test_waiting_in_keep_alive_neither_skips_nor_repeats_a_record(
 
     work = _Work(on_handle=wait_twice)
     consumer = _consumer(stack.bootstrap, group)
-    loop = BatchLoop(consumer, [topic], work, max_records=50, max_in_flight=1000)
+    loop = BatchLoop(consumer, [topic], work, max_records=50, max_in_flight=1000, consume_gap_s=0.1)
     loop.subscribe()
     try:
         _produce(stack.bootstrap, topic, 400)

@@ -19,7 +19,8 @@
 --                   same record is refused again
 --
 -- A Lua script is not rolled back when it fails half-way, so nothing is written before
--- every argument is checked, and each event's bounds are checked before its writes.
+-- every argument is checked and every event decided (each against its bounds): the
+-- writes are gathered and made at the end, once per key and field.
 --
 -- Returns a JSON document: outcomes plus the exact counters the caller needs to decide
 -- notifications, all money as decimal strings (Lua numbers are doubles; strings are exact).
@@ -112,11 +113,44 @@ local function within(value)
   return value[1] >= -BOUND_HIGH
 end
 
+-- Exact decimal text of a counter (high, low).
+local function text(value)
+  local high, low = value[1], value[2]
+  local sign = ''
+  if high < 0 then
+    sign = '-'
+    if low == 0 then high = -high else high, low = -high - 1, BILLION - low end
+  end
+  if high == 0 then return sign .. string.format('%d', low) end
+  return sign .. string.format('%d%09d', high, low)
+end
+
+-- Every event's earlier mark, read at once (chunked: unpack has a stack limit); marks
+-- written by this script are looked up in `written` first (an id repeated in the batch).
 local ids = base .. ':ids'
+local previous_marks = {}
+local CHUNK = 1000
+for first = 1, n, CHUNK do
+  local last = math.min(first + CHUNK - 1, n)
+  local names = {}
+  for i = first, last do names[#names + 1] = events[i][2] end
+  local found = redis.call('HMGET', ids, unpack(names))
+  for i = first, last do previous_marks[i] = found[i - first + 1] end
+end
+
+-- Writes are gathered and made once per key and field after every event is decided
+-- (absolute values of the exact counters: the script is atomic, so this equals the
+-- increments), so an event costs no Redis command of its own.
+local written = {}      -- event_id -> mark written by this script
+local mark_order = {}   -- event_ids in the order their marks were written
+local dirty = {}        -- counter id -> {key, field or false}
+local seats = {}        -- user -> seat ('' when not a member), read once
+local allowance_ids = {}
+
 for i = 1, n do
   local offset, event_id, digest, month, user, cost, allowances = unpack(events[i])
 
-  local previous = redis.call('HGET', ids, event_id)
+  local previous = written[event_id] or previous_marks[i]
   if previous then
     local p_digest, p_partition, p_offset, p_included =
       string.match(previous, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
@@ -130,12 +164,18 @@ for i = 1, n do
   else
     local spend = base .. ':spend:' .. month
     local included = 0
+    local used_id
     if seat_based then
-      local member = redis.call('HGET', base .. ':members', user)
-      local seat = member and string.match(member, '^([^|]*)') or ''
-      local allowance = allowance_for(seat, allowances)
-      local used = tonumber(redis.call('HGET', spend, 'a:' .. user) or '0')
-      local left = allowance - used
+      if seats[user] == nil then
+        local member = redis.call('HGET', base .. ':members', user)
+        seats[user] = member and string.match(member, '^([^|]*)') or ''
+      end
+      local allowance = allowance_for(seats[user], allowances)
+      used_id = counter(spend, 'a:' .. user)
+      allowance_ids[used_id] = {spend, 'a:' .. user}
+      local used = counters[used_id]
+      -- Allowances are far below 2^53: the used amount is exact as one number.
+      local left = allowance - (used[1] * BILLION + used[2])
       if left > 0 then
         -- Per-event costs (<= 10^15) and allowances are below 2^53: exact.
         included = math.min(cost, left)
@@ -143,7 +183,7 @@ for i = 1, n do
     end
     local billed = cost - included
 
-    -- Check every counter this event moves before writing any of them.
+    -- Check every counter this event moves before changing any of them.
     local org_id, user_id, total_id = counter(spend, 'org'), counter(spend, 'u:' .. user),
       counter(spend, 't:' .. user)
     local org_after, user_after, total_after =
@@ -154,30 +194,49 @@ for i = 1, n do
       balance_id = counter(base .. ':balance', nil)
       balance_after = plus(balance_id, -billed)
     end
+    local mark
     if within(org_after) and within(user_after) and within(total_after)
         and (not draws or within(balance_after)) then
-      local billed_text = string.format('%d', billed)
       if included > 0 then
-        redis.call('HINCRBY', spend, 'a:' .. user, string.format('%d', included))
+        counters[used_id] = plus(used_id, included)
+        dirty[used_id] = allowance_ids[used_id]
       end
-      redis.call('HINCRBY', spend, 'org', billed_text)
-      redis.call('HINCRBY', spend, 'u:' .. user, billed_text)
-      redis.call('HINCRBY', spend, 't:' .. user, string.format('%d', cost))
       counters[org_id], counters[user_id], counters[total_id] = org_after, user_after, total_after
+      dirty[org_id], dirty[user_id], dirty[total_id] =
+        {spend, 'org'}, {spend, 'u:' .. user}, {spend, 't:' .. user}
       if draws then
-        redis.call('DECRBY', base .. ':balance', billed_text)
         counters[balance_id] = balance_after
+        dirty[balance_id] = {base .. ':balance', false}
       end
-      redis.call('HSET', ids, event_id,
-        digest .. '|' .. partition .. '|' .. offset .. '|' .. string.format('%d', included))
+      mark = digest .. '|' .. partition .. '|' .. offset .. '|' .. string.format('%d', included)
       outcomes[i] = 'A|' .. string.format('%d', included)
     else
-      redis.call('HSET', ids, event_id, digest .. '|' .. partition .. '|' .. offset .. '|O')
+      mark = digest .. '|' .. partition .. '|' .. offset .. '|O'
       outcomes[i] = 'O'
     end
+    written[event_id] = mark
+    mark_order[#mark_order + 1] = event_id
   end
   touched[month] = touched[month] or {}
   touched[month][user] = true
+end
+
+-- The gathered writes: counters, then the marks (chunked HSETs).
+for id, place in pairs(dirty) do
+  if place[2] then
+    redis.call('HSET', place[1], place[2], text(counters[id]))
+  else
+    redis.call('SET', place[1], text(counters[id]))
+  end
+end
+for first = 1, #mark_order, CHUNK do
+  local args = {}
+  for i = first, math.min(first + CHUNK - 1, #mark_order) do
+    local event_id = mark_order[i]
+    args[#args + 1] = event_id
+    args[#args + 1] = written[event_id]
+  end
+  redis.call('HSET', ids, unpack(args))
 end
 
 -- The numbers notifications are decided from, read back as exact strings.
