@@ -2,10 +2,11 @@
 org's member list — the lowest layer of `metering.api`, imported by the routes, the Usage
 page and the notification endpoints, and importing none of them.
 
-Order of checks for a route (after FastAPI's own validation of path and query parameters,
-which answers 422 first): a valid token (401) → the caller may act on this org at all
-(403: a member of another org, or a service outside the gate) → the org exists (404) →
-the caller's role, read from the org's member list in Redis (403) → the body (422).
+Order of checks for a route: a valid token (401; FastAPI resolves the dependencies before
+it validates the path and query parameters) → those parameters (422) → the caller may
+act on this org at all (403: a member of another org, or a service outside the gate) →
+the org exists (404) → the caller's role, read from the org's member list in Redis
+(403) → the body (422).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from redis.asyncio import Redis
 from billing.accounts import MONEY_ROLES
 from billing.pricing import PriceBook
 from metering.api.revocations import Revocations
-from metering.api.tokens import Caller, InvalidToken, verify
+from metering.api.tokens import Caller, InvalidToken, TokenCache, verify
 from metering.clickhouse.store import Store
 from metering.emitter import Emitter
 from metering.enforcement.keys import OrgKeys
@@ -117,6 +118,7 @@ class Services:
     clock: Clock
     store: Store | None
     revocations: Revocations
+    tokens: TokenCache  # the gate's fast path verifies through it (gate_route.py)
 
     @property
     def prefix(self) -> str:

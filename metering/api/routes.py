@@ -47,6 +47,9 @@ from schemas.money import format_usd
 from schemas.usage import Surface
 
 router = APIRouter(route_class=StrictJSONRoute)
+# The gate's path: answered by `gate_route.GateFastPath` first, by the route below when
+# that is off or leaves a request to FastAPI (the route is also what the OpenAPI shows).
+GATE_PATH = "/v1/orgs/{org_id}/members/{user_id}/authorization"
 
 
 def _usd(nano: int | None) -> str | None:
@@ -54,7 +57,7 @@ def _usd(nano: int | None) -> str | None:
 
 
 @router.get(
-    "/v1/orgs/{org_id}/members/{user_id}/authorization",
+    GATE_PATH,
     response_model=Authorization,
     summary="May this member make a model request now? (Redis only)",
 )
