@@ -10,6 +10,7 @@ test is how both paths read and answer it, not how the processors build it."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -115,65 +116,67 @@ def _fast_path_of(app: FastAPI) -> GateFastPath:
 @pytest.fixture(scope="module")
 def apps(stack: RunningStack) -> Iterator[Apps]:
     client = redis.Redis.from_url(stack.settings.redis_url)
-    prefix = f"fastpath.{NOW.timestamp():.0f}.{id(client)}:"
-    enterprise = "enterprise|"
-    _write_org(
-        client,
-        prefix,
-        MAIN,
-        members={
-            "ann": enterprise + "primary_owner",
-            "olga": enterprise + "owner",
-            "adam": enterprise + "admin",
-            "max": enterprise + "member",
-            "mia": enterprise + "member",
-            "chad": "chat|member",
-            "cora": enterprise + "member",
-        },
-        caps={"cora": 2 * USD, "max": 100 * USD},
-        spend={"org": 5 * USD, "u:cora": 2 * USD, "u:max": 1 * USD},
-    )
-    _write_org(client, prefix, BROKE, members={"bo": enterprise + "primary_owner"}, balance=0)
-    _write_org(
-        client,
-        prefix,
-        CAPPED,
-        mode="sales_assisted",
-        members={"cy": enterprise + "primary_owner"},
-        org_cap=10 * USD,
-        spend={"org": 10 * USD},
-    )
-    _write_org(
-        client,
-        prefix,
-        SEATS,
-        plan="seat_based",
-        mode="sales_assisted",
-        members={"sam": "standard|primary_owner", "sue": "standard|member"},
-        spend={"a:sue": 10**6 * USD},  # far beyond any seat's allowance
-    )
-    revoke(client, prefix, "revoked-svc", int(NOW.timestamp()))
-    settings: Settings = stack.settings.model_copy(
-        update={"api_secret": SECRET, "redis_prefix": prefix}
-    )
-    with (
-        TestClient(create_api(settings, clock=CLOCK, gate_fast_path=False)) as slow,
-        TestClient(create_api(settings, clock=CLOCK)) as fast,
-    ):
-        fast_path = _fast_path_of(fast.app)  # type: ignore[arg-type]
-        passed_on: list[str] = []
-        inner = fast_path.app
+    prefix = f"fastpath.{uuid.uuid4().hex[:12]}:"
+    try:
+        enterprise = "enterprise|"
+        _write_org(
+            client,
+            prefix,
+            MAIN,
+            members={
+                "ann": enterprise + "primary_owner",
+                "olga": enterprise + "owner",
+                "adam": enterprise + "admin",
+                "max": enterprise + "member",
+                "mia": enterprise + "member",
+                "chad": "chat|member",
+                "cora": enterprise + "member",
+            },
+            caps={"cora": 2 * USD, "max": 100 * USD},
+            spend={"org": 5 * USD, "u:cora": 2 * USD, "u:max": 1 * USD},
+        )
+        _write_org(client, prefix, BROKE, members={"bo": enterprise + "primary_owner"}, balance=0)
+        _write_org(
+            client,
+            prefix,
+            CAPPED,
+            mode="sales_assisted",
+            members={"cy": enterprise + "primary_owner"},
+            org_cap=10 * USD,
+            spend={"org": 10 * USD},
+        )
+        _write_org(
+            client,
+            prefix,
+            SEATS,
+            plan="seat_based",
+            mode="sales_assisted",
+            members={"sam": "standard|primary_owner", "sue": "standard|member"},
+            spend={"a:sue": 10**6 * USD},  # far beyond any seat's allowance
+        )
+        revoke(client, prefix, "revoked-svc", int(NOW.timestamp()))
+        settings: Settings = stack.settings.model_copy(
+            update={"api_secret": SECRET, "redis_prefix": prefix}
+        )
+        with (
+            TestClient(create_api(settings, clock=CLOCK, gate_fast_path=False)) as slow,
+            TestClient(create_api(settings, clock=CLOCK)) as fast,
+        ):
+            fast_path = _fast_path_of(fast.app)  # type: ignore[arg-type]
+            passed_on: list[str] = []
+            inner = fast_path.app
 
-        async def counting(scope: Any, receive: Any, send: Any) -> None:
-            passed_on.append(scope["path"])
-            await inner(scope, receive, send)
+            async def counting(scope: Any, receive: Any, send: Any) -> None:
+                passed_on.append(scope["path"])
+                await inner(scope, receive, send)
 
-        fast_path.app = counting
-        yield Apps(slow, fast, fast_path, passed_on, client, prefix)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
+            fast_path.app = counting
+            yield Apps(slow, fast, fast_path, passed_on, client, prefix)
+    finally:  # also when the setup fails half-way
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 SERVICE = bearer(token(service="chat-frontend"))
