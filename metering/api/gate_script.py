@@ -5,8 +5,9 @@ Why not redis-py: a call through its asyncio client (connection pool, retry wrap
 observability hooks, a stream reader) costs ~80 µs of CPU, more than the rest of a gate
 request together; writing the command on a socket and matching replies to callers in
 order costs ~15 µs. The gate sends nothing but this one script, whose reply is one bulk
-string, so the protocol needed is small: requests are written as they come (pipelined
-on one connection, no pool, no lock) and each reply resolves the oldest waiting call.
+string, so what is needed is small: requests are written as they come (pipelined on one
+connection, no pool, no lock), replies are parsed by hiredis (the C parser redis-py
+uses), and each reply resolves the oldest waiting call.
 
 Semantics as redis-py's for what the gate sees: an error reply raises `ResponseError`;
 NOSCRIPT (Redis restarted or its scripts flushed) loads the script and runs it again;
@@ -24,12 +25,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import cast
 
+import hiredis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 _PLAIN_URL_PARTS = frozenset({"host", "port", "db", "username", "password"})
-_CRLF = b"\r\n"
 
 
 def pack(*parts: str | bytes | int) -> bytes:
@@ -53,7 +54,7 @@ class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[bytes | None]] = deque()
-        self.buffer = b""
+        self.reader = hiredis.Reader(replyError=ResponseError)
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,38 +69,21 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(self.lost)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer + data if self.buffer else data
-        while buffer:
-            end = buffer.find(_CRLF)
-            if end < 0:
-                break
-            kind, head = buffer[:1], buffer[1:end]
-            value: bytes | Exception | None
-            if kind == b"$":
-                size = int(head)
-                if size < 0:
-                    value, buffer = None, buffer[end + 2 :]
-                else:
-                    stop = end + 2 + size
-                    if len(buffer) < stop + 2:
-                        break  # the rest of the string is still coming
-                    value, buffer = buffer[end + 2 : stop], buffer[stop + 2 :]
-            elif kind in (b"+", b":"):
-                value, buffer = head, buffer[end + 2 :]
-            elif kind == b"-":
-                value, buffer = _error(head.decode(errors="replace")), buffer[end + 2 :]
-            else:  # an array or RESP3 type: never a reply to what is sent here
+        # Replies are parsed by hiredis (redis-py's own C parser); `gets` is False until
+        # a whole reply has arrived.
+        self.reader.feed(data)
+        while (value := self.reader.gets()) is not False:
+            if isinstance(value, list):  # an array: never a reply to what is sent here
                 assert self.transport is not None
                 self.transport.abort()  # connection_lost fails every waiting call
                 return
             future = self.waiting.popleft()
             if future.done():  # its caller was cancelled (e.g. the client went away)
                 continue
-            if isinstance(value, Exception):
-                future.set_exception(value)
+            if isinstance(value, ResponseError):
+                future.set_exception(_error(str(value)))
             else:
                 future.set_result(value)
-        self.buffer = buffer
 
     def send(self, command: bytes) -> asyncio.Future[bytes | None]:
         if self.lost is not None or self.transport is None or self.transport.is_closing():
