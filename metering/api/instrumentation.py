@@ -41,9 +41,10 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            self._record(scope, status, perf_counter() - started)
+            self.record(scope, status, perf_counter() - started)
 
-    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+    def record(self, scope: Scope, status: int, seconds: float) -> None:
+        """Counts one request answered (also for the gate's fast path, gate_route.py)."""
         route = getattr(scope.get("route"), "path", None) or UNMATCHED
         method = scope["method"] if scope["method"] in METHODS else "other"
         key = (method, route, str(status))

@@ -25,7 +25,8 @@ from fastapi import APIRouter, HTTPException
 from pydantic import Field
 
 from billing.accounts import OrgAccount
-from metering.api.app import IdempotencyKey, OrgId, Svc, Who, append, owner
+from metering.api.commands import append
+from metering.api.deps import IdempotencyKey, OrgId, Svc, Who, owner
 from metering.api.models import Appended
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.state_codec import decode_account

@@ -24,8 +24,9 @@ from fastapi.security import HTTPAuthorizationCredentials
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from billing.accounts import MONEY_ROLES
-from metering.api.app import MONTH, OrgId, Svc, bearer, caller, role_of, usage
+from metering.api.deps import MONTH, OrgId, Svc, bearer, caller, role_of
 from metering.api.models import MemberRow, UsageResponse
+from metering.api.routes import usage
 from metering.clickhouse.deliveries import DeliveryAttempt, recent_deliveries
 from metering.clickhouse.queries import Spend, daily_spend, month_bounds
 from metering.enforcement.records import month_of

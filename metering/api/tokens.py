@@ -27,6 +27,7 @@ MAX_TOKEN_TTL = timedelta(hours=MAX_TOKEN_TTL_HOURS)
 # far ahead of the API's clock is still accepted.
 IAT_LEEWAY = timedelta(seconds=60)
 _ID = re.compile(ID_PATTERN)
+MAX_CACHED_TOKEN_CHARS = 1024
 
 
 class InvalidToken(ValueError):
@@ -39,6 +40,7 @@ class Caller:
     user_id: str | None
     service: str | None
     issued_at: int = 0  # the token's `iat` (Unix seconds): revocations compare with it
+    expires_at: int = 0  # the token's `exp` (Unix seconds): a cached Caller lives no longer
 
     @property
     def is_service(self) -> bool:
@@ -111,10 +113,46 @@ def verify(secret: str, token: str, *, now: datetime) -> Caller:
         raise InvalidToken(f"token lives longer than the maximum of {MAX_TOKEN_TTL.days} days")
     service, org, user = claims.get("svc"), claims.get("org"), claims.get("user")
     if isinstance(service, str) and org is None and user is None:
-        return Caller(None, None, service, issued)
+        return Caller(None, None, service, issued, expires)
     if isinstance(org, str) and isinstance(user, str) and service is None:
-        return Caller(org, user, None, issued)
+        return Caller(org, user, None, issued, expires)
     raise InvalidToken("invalid token: names neither a member nor a service")
+
+
+class TokenCache:
+    """`verify` with a memory: a token verified once is not decoded and its signature not
+    checked again while it lives (the HTTP gate's fast path, where that is most of the
+    CPU a request costs). Only what `verify` accepted is kept, so the cache answers
+    exactly as `verify` would: its checks that depend on the time (expiry, `iat` not
+    ahead of the clock) are made again on every use, the rest cannot change for the same
+    token and secret. Bounded: beyond `size` tokens the oldest is forgotten (and verified
+    again when it comes back). Revocation is not the cache's business: a revoked
+    service's token still verifies; the caller checks the deny-list on every request."""
+
+    def __init__(self, secret: str, size: int = 10_000) -> None:
+        self._secret = secret
+        self._size = size
+        self._callers: dict[str, Caller] = {}
+
+    def __len__(self) -> int:
+        return len(self._callers)
+
+    def verify(self, token: str, *, now: datetime) -> Caller:
+        """As `verify(secret, token, now=now)`; raises InvalidToken the same."""
+        found = self._callers.get(token)
+        if found is not None:
+            at = int(now.timestamp())
+            if found.expires_at > at and found.issued_at <= at + IAT_LEEWAY.total_seconds():
+                return found
+            del self._callers[token]  # expired (or the clock went back): verify says which
+        who = verify(self._secret, token, now=now)
+        # A token is at most a few hundred bytes; a longer one (headers allow 16 KB) is
+        # verified every time rather than let a few fill the memory.
+        if len(token) <= MAX_CACHED_TOKEN_CHARS:
+            if len(self._callers) >= self._size:
+                del self._callers[next(iter(self._callers))]  # the oldest entry
+            self._callers[token] = who
+        return who
 
 
 def load_secret(configured: str, var_dir: Path) -> str:

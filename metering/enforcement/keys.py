@@ -69,7 +69,7 @@ class OrgKeys:
         """String: JSON of the account event an API write with an Idempotency-Key sent
         first (kept without expiry, like the account event ids; a cache, not state:
         `metering rebuild` skips it). `event_id` here is the key's own id (org, caller,
-        key); the event's id also covers the change (metering.api.app.append)."""
+        key); the event's id also covers the change (metering.api.commands.append)."""
         return f"{self.base}:idempotency:{event_id}"
 
     @property
