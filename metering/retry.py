@@ -1,4 +1,5 @@
-"""The back-off schedule of every retried Redis or Kafka step of the processors."""
+"""The back-off schedule of every retried Redis, Kafka or ClickHouse step: the worker's
+processors, the ClickHouse sink and the notifier."""
 
 from __future__ import annotations
 

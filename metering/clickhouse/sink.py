@@ -35,10 +35,11 @@ from threading import Event
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pydantic import ValidationError
 
 from metering import kafka_clients
+from metering.batch_loop import source_record
 from metering.clickhouse.deliveries import DELIVERY_COLUMNS, BadDeliveryRecord, delivery_row
 from metering.clickhouse.ledger import RESTORE_COLUMNS, LedgerFold
 from metering.clickhouse.migrations import migrate
@@ -62,12 +63,12 @@ from metering.metrics import (
     SINK_INSERT_SECONDS,
     SINK_ROWS_INSERTED,
 )
+from metering.retry import backoff_s
 from metering.settings import Settings
 from schemas.validation import Reason
 
 log = logging.getLogger("metering.sink")
 
-RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # Transient: the server or broker is unreachable. Retried in place.
 RETRYABLE = (OSError, ConnectionError, KafkaException, OperationalError)
 # A row the client (which encodes ClickHouse's Native format) or the server cannot take:
@@ -209,7 +210,7 @@ class ClickHouseSink:
             if error is None:
                 if not self._pending:
                     self._batch_started = time.monotonic()
-                self._pending.append(_record(message))
+                self._pending.append(source_record(message))
         full = len(self._pending) >= self._settings.sink_batch_rows
         due = time.monotonic() - self._batch_started >= self._settings.sink_batch_seconds
         if self._pending and (full or due):
@@ -254,7 +255,7 @@ class ClickHouseSink:
                 self._ledger_ahead = False
                 return
             except (*RETRYABLE, *SERVER_ERRORS) as exc:
-                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                delay = backoff_s(attempt)
                 level = logging.WARNING if isinstance(exc, RETRYABLE) else logging.ERROR
                 log.log(
                     level, "sink batch of %d failed (%s); retry in %.1f s", len(batch), exc, delay
@@ -451,19 +452,6 @@ class ClickHouseSink:
             if max(tp.offset, 0) < high:
                 return False
         return True
-
-
-def _record(message: Message) -> SourceRecord:
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    assert topic is not None and partition is not None and offset is not None  # a real record
-    return SourceRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        key=message.key(),
-        value=message.value(),
-        timestamp_ms=message.timestamp()[1],
-    )
 
 
 def open_sink(settings: Settings) -> tuple[ClickHouseSink, Store]:

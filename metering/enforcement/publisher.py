@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message
@@ -137,24 +137,26 @@ class Publisher:
         self._outstanding.add(delivery)
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll_while_outstanding())
-        produce = self._producer.produce
         report = delivery.on_delivery
         for index, message in enumerate(messages):
-            while True:
-                try:
-                    produce(
-                        message.topic,
-                        value=message.value,
-                        key=message.key.encode(),
-                        on_delivery=report,
-                    )
-                    break
-                except BufferError:
+            try:
+                while not self._hand_over(message, report):
                     await asyncio.sleep(BUFFER_FULL_WAIT_S)  # the poller drains it
-                except KafkaException as exc:
-                    delivery.unsent(len(messages) - index, str(exc))
-                    return delivery
+            except KafkaException as exc:
+                delivery.unsent(len(messages) - index, str(exc))
+                return delivery
         return delivery
+
+    def _hand_over(self, message: OutputMessage, report: Callable[..., None]) -> bool:
+        """One message to the producer; False while its queue is full (try again once
+        delivery reports have made room). Raises `KafkaException`."""
+        try:
+            self._producer.produce(
+                message.topic, value=message.value, key=message.key.encode(), on_delivery=report
+            )
+        except BufferError:
+            return False
+        return True
 
     async def publish(self, messages: Sequence[OutputMessage]) -> None:
         """Send and wait for the broker's acknowledgement of every message."""
@@ -165,24 +167,15 @@ class Publisher:
     def produce(self, messages: Sequence[OutputMessage]) -> Acks:
         """Hand `messages` to the producer now, in order; `poll` settles their `Acks`."""
         acks = Acks(len(messages))
-        produce = self._producer.produce
         report = acks.on_delivery
         for index, message in enumerate(messages):
-            while True:
-                try:
-                    produce(
-                        message.topic,
-                        value=message.value,
-                        key=message.key.encode(),
-                        on_delivery=report,
-                    )
-                    break
-                except BufferError:
+            try:
+                while not self._hand_over(message, report):
                     self._producer.poll(BUFFER_FULL_WAIT_S)  # room comes with the reports
-                except KafkaException as exc:
-                    acks.errors.append(str(exc))
-                    acks.pending -= len(messages) - index
-                    return acks
+            except KafkaException as exc:
+                acks.errors.append(str(exc))
+                acks.pending -= len(messages) - index
+                return acks
         return acks
 
     def poll(self, timeout_s: float = 0) -> None:
@@ -197,17 +190,8 @@ class Publisher:
                 errors.append(error.str())
 
         for message in messages:
-            while True:
-                try:
-                    self._producer.produce(
-                        message.topic,
-                        value=message.value,
-                        key=message.key.encode(),
-                        on_delivery=on_delivery,
-                    )
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
+            while not self._hand_over(message, on_delivery):
+                self._producer.poll(0.05)
         remaining = self._producer.flush(60)
         if errors or remaining:
             raise PublishFailed(f"{len(errors)} failed, {remaining} unsent; first: {errors[:1]}")

@@ -66,6 +66,7 @@ from metering.notify.channels import (
 )
 from metering.notify.messages import email_message, webhook_body
 from metering.notify.secrets import signing_key, webhook_secret
+from metering.retry import backoff_s
 from metering.settings import Settings
 from metering.topics import wait_for_topics
 from schemas.outputs import (
@@ -85,7 +86,6 @@ MARK_TTL_S = 100 * 24 * 3600  # beyond the notifications' 90 days: a replay find
 MAX_TAKEN = {"notifications": 1000, "deliveries": 20_000}  # records held, per agent
 WAITING_PER_SLOT = 25  # deliveries that may wait per per-endpoint slot before deferral
 JITTER = 0.2
-RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # Kafka/Redis errors: retried, never given up
 SMTP_TIMEOUT_S = 30.0
 EXIT_UNEXPECTED = 70
 ROTATION_OVERLAP = timedelta(hours=24)  # the previous secret signs too, for this long
@@ -395,7 +395,7 @@ class Notifier:
 
 
 async def _backoff(attempt: int, what: str, exc: BaseException) -> None:
-    delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+    delay = backoff_s(attempt)  # Kafka/Redis errors: retried, never given up
     log.warning("%s failed (%s); retrying in %.1f s", what, exc, delay)
     await asyncio.sleep(delay)
 
