@@ -282,6 +282,46 @@ def test_a_receiver_down_for_a_while_gets_everything_once_up(
         receiver.stop()
 
 
+def test_a_slow_endpoint_does_not_hold_up_another_org(
+    pipeline: Pipeline, notifier: list[subprocess.Popen[bytes]]
+) -> None:
+    """Bounded concurrency per endpoint: one org's endpoint answering slowly (one request
+    at a time, 2 s each) does not delay another org's deliveries."""
+    # Given two orgs; one's endpoint takes 2 s per answer and gets one request at a time
+    notifying(pipeline, notify_endpoint_concurrency=1, webhook_timeout_seconds=10.0)
+    slow, fast = WebhookReceiver(delay_s=2.0).start(), WebhookReceiver().start()
+    try:
+        pipeline.start_worker()
+        notifier.append(pipeline.spawn("notifier"))
+        for org, receiver in (("org_slow", slow), ("org_fast", fast)):
+            capped_org(pipeline, org)
+            register(pipeline.settings, org, receiver.url())
+
+        # When the slow org's four notifications are due, the first one is being
+        # delivered, and then the other org's four are due
+        pipeline.send_usage(spend("org_slow", "u1", 10))
+        slow.wait(lambda r: len(r.requests) >= 1)
+        pipeline.send_usage(spend("org_fast", "u1", 10))
+        pipeline.wait_for(lambda p: len(p.notifications()) == 8, what="eight notifications")
+        ids = {
+            org: {n["notification_id"] for n in pipeline.notifications() if n["org_id"] == org}
+            for org in ("org_slow", "org_fast")
+        }
+
+        # Then the other org's arrive while the slow endpoint still works through its
+        # own (the fourth of which cannot start before ~6 s), and every one arrives once
+        fast.wait(lambda r: set(r.ids()) >= ids["org_fast"], timeout_s=30)
+        slow.wait(lambda r: set(r.ids()) >= ids["org_slow"], timeout_s=60)
+        fourth_slow_start = sorted(r.at for r in slow.requests)[3]
+        assert max(r.at for r in fast.requests) < fourth_slow_start
+        time.sleep(1)
+        assert Counter(fast.ids()) == dict.fromkeys(ids["org_fast"], 1)
+        assert Counter(slow.ids()) == dict.fromkeys(ids["org_slow"], 1)
+    finally:
+        slow.stop()
+        fast.stop()
+
+
 def test_sigkill_mid_batch_loses_nothing_and_repeats_only_with_the_same_id(
     pipeline: Pipeline, notifier: list[subprocess.Popen[bytes]]
 ) -> None:
