@@ -246,7 +246,12 @@ def usage_loop(settings: Settings) -> BatchLoop:
             "fetch.wait.max.ms": 5,  # low rates: a record is not held back for a full fetch
         }
     )
-    work = UsageWork(processor, Publisher(settings.kafka_bootstrap), client, settings.redis_prefix)
+    # linger.ms 1 (not 5): a batch due notifications waits for their acks before the next
+    # batch's scripts go to Redis, so at a low rate the linger is on the path from event to
+    # block (bench: p50 24.5 → 12.8 ms at 5,000/s). Under a backlog a batch's thousands of
+    # outputs fill the producer's batches without lingering.
+    publisher = Publisher(settings.kafka_bootstrap, **{"linger.ms": 1})
+    work = UsageWork(processor, publisher, client, settings.redis_prefix)
     consumed = WORKER_EVENTS_CONSUMED.labels(USAGE)
     sizes = WORKER_BATCH_SIZE.labels(USAGE)
 

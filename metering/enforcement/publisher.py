@@ -111,8 +111,8 @@ class Acks:
 
 
 class Publisher:
-    def __init__(self, bootstrap: str) -> None:
-        self._producer = kafka_clients.producer(producer_config(bootstrap))
+    def __init__(self, bootstrap: str, **overrides: Any) -> None:
+        self._producer = kafka_clients.producer(producer_config(bootstrap, **overrides))
         self._outstanding: set[Delivery] = set()
         self._poller: asyncio.Task[None] | None = None
 
