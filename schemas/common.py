@@ -43,17 +43,24 @@ EARLIEST_DATE = date(2000, 1, 1)
 LATEST_DATE = date(2099, 12, 31)
 
 
+def _out_of_range(value: str) -> PydanticCustomError:
+    return PydanticCustomError(
+        "date_out_of_range",
+        "{value} is outside the accepted range {earliest} – {latest}",
+        {"value": value, "earliest": str(EARLIEST_DATE), "latest": str(LATEST_DATE)},
+    )
+
+
 def _in_range(day: date) -> None:
     if not EARLIEST_DATE <= day <= LATEST_DATE:
-        raise PydanticCustomError(
-            "date_out_of_range",
-            "{value} is outside the accepted range {earliest} – {latest}",
-            {"value": day.isoformat(), "earliest": str(EARLIEST_DATE), "latest": str(LATEST_DATE)},
-        )
+        raise _out_of_range(day.isoformat())
 
 
 def _to_utc(value: datetime) -> datetime:
-    utc = value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 and an offset that takes it past the calendar
+        raise _out_of_range(value.isoformat()) from None
     _in_range(utc.date())
     return utc
 

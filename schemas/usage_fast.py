@@ -91,8 +91,8 @@ def parse_usage_fast(raw: bytes, *, now: datetime) -> FastUsage | None:
     try:
         wire = _DECODER.decode(raw)
         occurred = datetime.fromisoformat(wire.occurred_at).astimezone(UTC)
-    except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
-        return None
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError, OverflowError):
+        return None  # OverflowError: year 1 or 9999 with an offset past the calendar
     surface = _SURFACES.get(wire.surface)
     if (
         surface is None

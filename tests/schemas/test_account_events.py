@@ -481,6 +481,12 @@ BAD_EVENTS = [
         "occurred_at",
         id="occurred-at-1970",
     ),
+    pytest.param(  # past Python's calendar once in UTC: a reason, never an OverflowError
+        account_event("org.created", ORG, occurred_at="9999-12-31T23:30:00-01:00"),
+        Reason.DATE_OUT_OF_RANGE,
+        "occurred_at",
+        id="occurred-at-past-year-9999-in-utc",
+    ),
 ]
 
 

@@ -209,6 +209,20 @@ BAD_EVENTS = [
     pytest.param(
         wire(occurred_at="yesterday"), Reason.SCHEMA_VIOLATION, "occurred_at", id="not-a-date"
     ),
+    # A zone offset that takes the first or last calendar day past Python's calendar: a
+    # reason, not an OverflowError that would stop the processor.
+    pytest.param(
+        wire(occurred_at="0001-01-01T00:00:00+01:00"),
+        Reason.DATE_OUT_OF_RANGE,
+        "occurred_at",
+        id="before-year-1-in-utc",
+    ),
+    pytest.param(
+        wire(occurred_at="9999-12-31T23:30:00-01:00"),
+        Reason.DATE_OUT_OF_RANGE,
+        "occurred_at",
+        id="after-year-9999-in-utc",
+    ),
     # Surface
     pytest.param(wire(surface="fax"), Reason.UNKNOWN_SURFACE, "surface", id="unknown-surface"),
     pytest.param(wire(surface="CHAT_WEB"), Reason.UNKNOWN_SURFACE, "surface", id="surface-case"),
