@@ -42,7 +42,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.notify import record_marks, resume_past_months
-from metering.enforcement.publisher import Delivery, Publisher, PublishFailed
+from metering.enforcement.publisher import Publisher, PublishFailed
 from metering.enforcement.records import SourceRecord, month_of
 from metering.enforcement.renewals import due_renewals
 from metering.metrics import (
@@ -126,7 +126,6 @@ async def deliver_and_record(
     result: BatchResult,
     *,
     prefix: str,
-    delivery: Delivery | None = None,
     name: str = ACCOUNT,
 ) -> None:
     """Until the broker has every output of `result` (re-sent after a failure: consumers
@@ -134,13 +133,10 @@ async def deliver_and_record(
     attempt = 0
     while True:
         try:
-            if delivery is None:
-                delivery = await publisher.send(result.outputs)
-            await delivery
+            await publisher.publish(result.outputs)
             await record_marks(client, prefix, result.marks)
             return
         except RETRYABLE as exc:
-            delivery = None
             WORKER_BATCH_RETRIES.labels(name, "publish").inc()
             await _backoff(attempt, f"publishing {len(result.outputs)} outputs", exc)
             attempt += 1
