@@ -569,6 +569,59 @@ class _Builder:
             billing_kills=[round(rng.uniform(0.5, 9.0), 1)],
         )
 
+    def cap_lift(self) -> tuple[OrgSpec, list[Record], list[Record], list[Record]]:
+        """An org no random record touches, so that every seed has a member whose user
+        cap blocks them in September and who may spend again in October (R16, R17): its
+        spec, setup records, September usage and October usage. Built without the rng so
+        the seeded records stay what they were."""
+        org_id, at = "org_cap_lift", START + timedelta(minutes=5)
+        members = {"owner": ("enterprise", "primary_owner"), "capped": ("chat", "member")}
+        spec = OrgSpec(
+            org_id=org_id,
+            plan="usage_based",
+            mode="sales_assisted",
+            extra_usage=False,
+            term_start=START.date(),
+            created_at=at,
+            members=members,
+            heavy="capped",
+            small_credits=False,
+        )
+        created = {
+            "plan": spec.plan,
+            "billing_mode": spec.mode,
+            "term_start": spec.term_start.isoformat(),
+            "seats": {"enterprise": 1, "chat": 1},
+            "extra_usage": False,
+        }
+        accounts = [self.account(org_id, "org.created", created, at, actor=None)]
+        for user, (seat, role) in members.items():
+            data = {"user_id": user, "role": role, "seat_type": seat}
+            accounts.append(self.account(org_id, "member.added", data, at, actor=None))
+        accounts.append(self.cap(org_id, "capped", "1.00", at))
+
+        def usage(phase: str, model: str, tokens: int, day: datetime) -> Record:
+            event = {
+                "event_id": self.next_id(f"e{phase[0]}"),
+                "org_id": org_id,
+                "user_id": "capped",
+                "surface": "chat_web",
+                "model": model,
+                "input_tokens": tokens,
+                "output_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+                "occurred_at": stamp(day),
+            }
+            return Record.of("usage", event)
+
+        # $1.50 each at claude-opus-4-1's $15 per million input tokens: over the $1 cap.
+        september = [
+            usage("usage", "claude-opus-4-1", 100_000, START + timedelta(days=d)) for d in (3, 4)
+        ]
+        october = [usage("late", "claude-haiku-4-5", 1_000, BOUNDARY + timedelta(days=10))]
+        return spec, [Record.of("account", e) for e in accounts], september, october
+
     def build(self) -> Scenario:
         self.make_orgs()
         setup = self.setup()
@@ -582,9 +635,12 @@ class _Builder:
             usage=self.usage_phase("usage", count, in_september),
             faults=self.faults("usage", count),
         )
-        return Scenario(
-            self.seed, self.orgs, [setup, usage, self.controls(), self.boundary(), self.late()]
-        )
+        controls, boundary, late = self.controls(), self.boundary(), self.late()
+        spec, accounts, september, october = self.cap_lift()
+        setup.accounts[:0] = accounts
+        usage.usage += september
+        late.usage += october
+        return Scenario(self.seed, [*self.orgs, spec], [setup, usage, controls, boundary, late])
 
 
 def build_scenario(seed: int) -> Scenario:
