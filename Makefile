@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed ## Create .venv/ with the `metering` and `billing` commands
 
-system-deps: ## Install Java 17, Maven, redis-server and Chromium if missing (apt-get; needs root or sudo)
+system-deps: ## Install Java 17, Maven, redis-server, Chromium and chromium-driver if missing (apt-get; needs root or sudo)
 	@./deploy/install-system-deps.sh
 
 stack-up: install system-deps ## Start local Kafka (KRaft) + Redis and create the topics

@@ -206,7 +206,21 @@ class Settings(BaseSettings):
     console_url: str = Field(
         default="http://localhost:8080",
         description="public base URL of the console: notifications link to "
-        "`<console_url>/orgs/<org>/usage`",
+        "`<console_url>/orgs/<org>/usage`, `metering login-link` prints "
+        "`<console_url>/login/…`",
+    )
+    console_session_hours: float = Field(
+        default=8.0,
+        gt=0,
+        le=24 * 7,
+        description="how long a console session (opened by a login link) lasts; signing "
+        "out ends it sooner",
+    )
+    console_sales_contact: str = Field(
+        default="your account team",
+        max_length=200,
+        description="who a sales-assisted org's owners are told to contact about credits "
+        "and contract changes (shown on the console)",
     )
     webhook_signing_key: str = Field(
         default="",

@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +25,8 @@ from fastapi.routing import APIRoute
 from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
-from metering.api import notification_endpoints
+from metering.api import console_pages, notification_endpoints
+from metering.api.console import router as console_router
 from metering.api.deps import ECHO_CHARS, Clock, Services
 from metering.api.gate_route import GateFastPath
 from metering.api.gate_script import ScriptConnection
@@ -34,6 +35,7 @@ from metering.api.models import Invalid, Problem
 from metering.api.page import page_router
 from metering.api.revocations import Revocations
 from metering.api.routes import GATE_PATH, router
+from metering.api.session import Sessions
 from metering.api.tokens import TokenCache, load_secret
 from metering.clickhouse.store import Store
 from metering.emitter import Emitter
@@ -109,6 +111,9 @@ def create_api(
             store=store,
             revocations=Revocations(client, settings.redis_prefix),
             tokens=TokenCache(secret),
+            sessions=Sessions(
+                client, settings.redis_prefix, timedelta(hours=settings.console_session_hours)
+            ),
         )
         stop = threading.Event()
         poller = threading.Thread(target=_poll, args=(emitter, stop), daemon=True)
@@ -141,7 +146,9 @@ def create_api(
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(router)
+    app.include_router(console_router)
     app.include_router(page_router)
+    app.include_router(console_pages.router)
     app.include_router(notification_endpoints.router)
     app.add_api_route("/metrics", metrics, methods=["GET"], include_in_schema=False)
     app.add_middleware(RequestMetrics)

@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 from billing.accounts import MONEY_ROLES
 from billing.pricing import PriceBook
 from metering.api.revocations import Revocations
+from metering.api.session import Sessions
 from metering.api.tokens import Caller, InvalidToken, TokenCache, verify
 from metering.clickhouse.store import Store
 from metering.emitter import Emitter
@@ -119,6 +120,7 @@ class Services:
     store: Store | None
     revocations: Revocations
     tokens: TokenCache  # the gate's fast path verifies through it (gate_route.py)
+    sessions: Sessions  # the console's sign-in (session.py)
 
     @property
     def prefix(self) -> str:
@@ -147,7 +149,7 @@ async def _services(request: Request) -> Services:
     return services(request)
 
 
-async def _caller(
+async def bearer_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
@@ -162,7 +164,7 @@ async def _caller(
 # Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
 # hop per request (and two per request here) for work that never blocks.
 Svc = Annotated[Services, Depends(_services)]
-Who = Annotated[Caller, Depends(_caller)]
+Who = Annotated[Caller, Depends(bearer_caller)]
 
 
 def same_org(who: Caller, org_id: str) -> None:

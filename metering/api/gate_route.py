@@ -142,7 +142,7 @@ class GateFastPath:
             self.metrics.record(scope, status, perf_counter() - started)
 
     async def _answer(self, scope: Scope, org_id: str, user_id: str, surface: Surface) -> Answer:
-        """The route's checks, in its order (routes.authorization, deps._caller)."""
+        """The route's checks, in its order (routes.authorization, deps.bearer_caller)."""
         svc: Services = self.state.services
         who = await _caller(scope, svc)
         if not isinstance(who, Caller):
@@ -175,7 +175,7 @@ class GateFastPath:
 
 
 async def _caller(scope: Scope, svc: Services) -> Caller | Answer:
-    """The caller, as `deps._caller` finds it, or its 401."""
+    """The caller, as `deps.bearer_caller` finds it, or its 401."""
     token = _token(scope)
     if token is None:
         return _problem(401, "missing bearer token", _UNAUTHORIZED)

@@ -60,6 +60,14 @@ class MemberRow(Contract):
     effective_limit: str | None = Field(description="lower of the member's and the org's cap")
     status: Literal["active", "blocked"] | None = Field(description="now; null for a closed month")
     reason: str | None
+    allowance_used: str | None = Field(
+        default=None,
+        description="seat-based plans: the part of the seat's monthly allowance used, USD; "
+        "null on other plans and for non-members",
+    )
+    allowance: str | None = Field(
+        default=None, description="seat-based plans: the seat's monthly allowance, USD"
+    )
 
 
 class UsageResponse(Contract):

@@ -1,45 +1,58 @@
-"""The "Organization settings › Usage" page (R18), rendered on the server.
+"""The "Organization settings › Usage" page (R18): the owner's console, rendered on the
+server.
 
 It shows what `GET /v1/orgs/{org}/usage` returns — it calls that endpoint's function, so
-the checks (401 → 403 → 404) and the view (members see only their own row) are the
-API's own — plus a daily spend chart from ClickHouse when this process may read it.
+the checks (401 → 403 → 404) are the API's own — in dollars and cents (the exact figure
+in a tooltip), plus, for owners, the daily chart, spend by model and surface, issued
+documents and notification deliveries from ClickHouse when this process may read it,
+and the forms that change caps and buy credits (console.py). A member sees their own
+row only: not the org's totals, balance, chart or other members.
 
-A browser cannot put an Authorization header on a link, so besides the header the page
-takes the token as `?token=…` (then kept in an HttpOnly, SameSite=Strict cookie scoped
-to `/orgs`, so later visits need no token in the URL) or from that cookie. Only this
-read-only page reads the cookie: the JSON API (and every write) wants the header.
+Who is looking comes from the session a login link opened, or an Authorization header
+(viewer.py); never from a token in the URL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated
 
-from fastapi import APIRouter, Cookie, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from billing.accounts import MONEY_ROLES
-from metering.api.deps import MONTH, OrgId, Svc, bearer, caller, role_of
+from billing.entitlements import seat_includes
+from billing.rounding import format_cents, to_cents
+from metering.api.deps import MONTH, OrgId, Services, Svc, bearer, role_of
 from metering.api.models import MemberRow, UsageResponse
 from metering.api.routes import usage
+from metering.api.viewer import viewer
 from metering.clickhouse.deliveries import DeliveryAttempt, recent_deliveries
-from metering.clickhouse.queries import Spend, daily_spend, month_bounds
+from metering.clickhouse.queries import (
+    Spend,
+    daily_spend,
+    model_spend,
+    month_bounds,
+    surface_spend,
+)
 from metering.enforcement.records import month_of
+from schemas.account import BillingMode, Plan, SeatType
 from schemas.money import format_usd, parse_usd
+from schemas.usage import Surface
 
-COOKIE = "metering_token"
 NO_STORE_NOTE = "Daily chart unavailable: ClickHouse is not readable from this process"
 HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-    "frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
 }
 
 log = logging.getLogger("metering.api.page")
@@ -60,6 +73,28 @@ def usd(amount: str | None) -> str:
     return f"-${amount[1:]}" if amount.startswith("-") else f"${amount}"
 
 
+@dataclass(frozen=True)
+class Money:
+    """An amount as an admin reads it (dollars and cents, rounded half away from zero for
+    display only) and the exact figure, for the tooltip."""
+
+    shown: str
+    exact: str
+
+    @staticmethod
+    def of(nano_usd: int) -> Money:
+        return Money(usd(format_cents(to_cents(nano_usd))), usd(format_usd(nano_usd)))
+
+    @staticmethod
+    def parse(amount: str | None) -> Money | None:
+        """A decimal string of the usage view (a balance may be negative, R11)."""
+        if amount is None:
+            return None
+        if amount.startswith("-"):
+            return Money.of(-parse_usd(amount[1:]))
+        return Money.of(parse_usd(amount))
+
+
 def percent(spend_nano_usd: int, limit: str | None) -> float | None:
     """Spend as a share of a limit, 0–100 (a bar's width); None without a limit."""
     if limit is None:
@@ -76,18 +111,32 @@ def level(share: float | None, reached: bool) -> str:
     return "warn" if share is not None and share >= 80 else "ok"
 
 
+REASONS = {
+    "unknown_member": "not a member",
+    "surface_not_in_seat": "surface not in seat",
+    "credits_exhausted": "credits used up",
+    "org_cap_reached": "organization cap reached",
+    "user_cap_reached": "member cap reached",
+    "seat_allowance_exhausted": "included usage used up",
+}
+
+
 @dataclass(frozen=True)
 class MemberLine:
     user_id: str
     role: str
     seat: str
-    spend: str
-    cap: str
-    limit: str
+    spend: Money
+    cap: Money | None  # None: unlimited
+    limit: Money | None
     status: str
     blocked: bool
     share: float | None  # of the effective limit
     level: str
+    surfaces: str  # the surfaces the seat includes
+    allowance_used: Money | None  # seat-based plans
+    allowance: Money | None
+    allowance_share: float | None
 
 
 def member_line(row: MemberRow) -> MemberLine:
@@ -95,20 +144,29 @@ def member_line(row: MemberRow) -> MemberLine:
     if row.status is None:
         status = "—"  # a closed month: status is about now
     elif row.status == "blocked":
-        status = f"blocked: {row.reason}"
+        status = f"blocked: {REASONS.get(row.reason or '', row.reason)}"
     else:
         status = "active"
+    seat = SeatType(row.seat_type) if row.seat_type else None
+    included = [s.value.replace("_", " ") for s in Surface if seat and seat_includes(seat, s)]
+    allowance_share = None
+    if row.allowance is not None and row.allowance_used is not None:
+        allowance_share = percent(parse_usd(row.allowance_used), row.allowance)
     return MemberLine(
         user_id=row.user_id,
         role=(row.role or "not a member").replace("_", " "),
         seat=(row.seat_type or "—").replace("_", " "),
-        spend=usd(row.spend),
-        cap=usd(row.cap),
-        limit=usd(row.effective_limit),
+        spend=Money.of(parse_usd(row.spend)),
+        cap=Money.parse(row.cap),
+        limit=Money.parse(row.effective_limit),
         status=status,
         blocked=row.status == "blocked",
         share=share,
         level=level(share, row.status == "blocked"),
+        surfaces=", ".join(included) or "—",
+        allowance_used=Money.parse(row.allowance_used),
+        allowance=Money.parse(row.allowance),
+        allowance_share=allowance_share,
     )
 
 
@@ -170,7 +228,7 @@ def chart(days: list[Spend], month: str) -> Chart:
         bars.append(
             Bar(
                 day=spent.key,
-                amount=usd(format_usd(spent.billed_nano_usd)),
+                amount=Money.of(spent.billed_nano_usd).shown,
                 events=spent.events,
                 x=round(LEFT + slot * index + slot * 0.15, 1),
                 y=round(TOP + plot_height - height, 1),
@@ -181,10 +239,10 @@ def chart(days: list[Spend], month: str) -> Chart:
     labelled = sorted({1, 5, 10, 15, 20, 25, slots})
     x_ticks = [Tick(round(LEFT + slot * (d - 0.5), 1), str(d)) for d in labelled if d <= slots]
     y_ticks = [
-        Tick(round(TOP + plot_height * (1 - part / 2), 1), usd(format_usd(top * part // 2)))
+        Tick(round(TOP + plot_height * (1 - part / 2), 1), Money.of(top * part // 2).shown)
         for part in (0, 1, 2)
     ]
-    total = usd(format_usd(sum(d.billed_nano_usd for d in days)))
+    total = Money.of(sum(d.billed_nano_usd for d in days)).shown
     return Chart(bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, total=total)
 
 
@@ -214,15 +272,67 @@ async def deliveries(svc: Svc, org_id: str) -> tuple[list[DeliveryAttempt], str]
     return found, "No notification has been delivered to this organization yet."
 
 
+@dataclass(frozen=True)
+class Share:
+    """One line of a breakdown: a model's or a surface's spend in the month."""
+
+    key: str
+    events: int
+    spend: Money
+
+
+async def breakdown(
+    svc: Services, org_id: str, month: str
+) -> tuple[list[Share], list[Share], str | None]:
+    """Spend by model and by surface, or why there is none."""
+    if svc.store is None:
+        return [], [], "Breakdown unavailable: ClickHouse is not readable from this process"
+    store = svc.store
+
+    def read() -> tuple[list[Spend], list[Spend]]:
+        return model_spend(store, org_id, month), surface_spend(store, org_id, month)
+
+    try:
+        models, surfaces = await asyncio.to_thread(read)
+    except Exception as exc:
+        log.exception("spend breakdown of %s for %s", org_id, month)
+        return [], [], f"Breakdown unavailable: the ClickHouse query failed ({type(exc).__name__})"
+
+    def shares(rows: list[Spend]) -> list[Share]:
+        return [Share(r.key.replace("_", " "), r.events, Money.of(r.billed_nano_usd)) for r in rows]
+
+    note = None if models else f"No usage recorded in ClickHouse for {month} yet."
+    return shares(models), shares(surfaces), note
+
+
 def shift(month: str, by: int) -> str:
     year, number = divmod(int(month[:4]) * 12 + int(month[5:]) - 1 + by, 12)
     return f"{year:04d}-{number + 1:02d}"
 
 
 # -- the route ------------------------------------------------------------------------
+# What the template reads that only an owner's page (or no error page) has.
+_ABSENT: dict[str, object] = {
+    "error": None,
+    "chart": None,
+    "note": "",
+    "deliveries": None,
+    "deliveries_note": "",
+    "by_model": None,
+    "by_surface": None,
+    "breakdown_note": None,
+    "message": None,
+    "signed_in": False,
+}
+
+
 def html(status: int, headers: dict[str, str] | None = None, **context: object) -> HTMLResponse:
-    body = templates.get_template("usage.html").render({"error": None, **context})
+    body = templates.get_template("usage.html").render({**_ABSENT, **context})
     return HTMLResponse(body, status_code=status, headers={**HEADERS, **(headers or {})})
+
+
+def usage_html(**context: object) -> HTMLResponse:
+    return html(200, None, **context)
 
 
 def error_page(exc: HTTPException) -> HTMLResponse:
@@ -237,63 +347,60 @@ async def usage_page(
     org_id: OrgId,
     svc: Svc,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-    token: Annotated[str | None, Query()] = None,
     month: Annotated[str | None, Query()] = None,
-    cookie: Annotated[str | None, Cookie(alias=COOKIE)] = None,
 ) -> HTMLResponse:
-    """Organization settings › Usage. The token: `?token=` (then kept in a cookie), else
-    the Authorization header, else the cookie — the first one given is the one checked."""
-    header = credentials.credentials if credentials else None
-    source, given = next(
-        ((s, v) for s, v in (("query", token), ("header", header)) if v), ("cookie", cookie)
-    )
+    """Organization settings › Usage, for the session's member or a bearer token's."""
     try:
-        who = caller(
-            request,
-            HTTPAuthorizationCredentials(scheme="Bearer", credentials=given) if given else None,
-        )
+        seen = await viewer(request, svc, credentials)
         if month is not None and not MONTH.fullmatch(month):
             raise HTTPException(422, "month must be YYYY-MM")
-        view: UsageResponse = await usage(org_id, svc, who, month)
+        view: UsageResponse = await usage(org_id, svc, seen.caller, month)
     except HTTPException as exc:
-        response = error_page(exc)
-        if exc.status_code == 401 and source == "cookie" and cookie is not None:
-            response.delete_cookie(COOKIE, path="/orgs")  # stale: stop sending it
-        return response
-    assert who.user_id is not None  # usage() refuses service tokens
-    role = await role_of(svc, org_id, who.user_id)
+        return error_page(exc)
+    role = await role_of(svc, org_id, seen.user_id)
+    everyone = role in MONEY_ROLES
     current = month_of(svc.clock())
-    chart_, note = await daily(svc, org_id, view.month)
     share = percent(parse_usd(view.spend), view.cap)
-    attempts, attempts_note = await deliveries(svc, org_id) if role in MONEY_ROLES else (None, "")
-    response = html(
-        200,
+    context: dict[str, object] = {}
+    if everyone:
+        chart_, note = await daily(svc, org_id, view.month)
+        attempts, attempts_note = await deliveries(svc, org_id)
+        by_model, by_surface, breakdown_note = await breakdown(svc, org_id, view.month)
+        context = {
+            "chart": chart_,
+            "note": note,
+            "deliveries": attempts,
+            "deliveries_note": attempts_note,
+            "by_model": by_model,
+            "by_surface": by_surface,
+            "breakdown_note": breakdown_note,
+        }
+    session = seen.session
+    message = await svc.sessions.said(session) if session else None
+    return usage_html(
         view=view,
-        who=who.user_id,
+        who=seen.user_id,
         role=(role.value if role else "").replace("_", " "),
-        everyone=role in MONEY_ROLES,
+        everyone=everyone,
         members=[member_line(m) for m in view.members],
-        balance=None if view.credit_balance is None else usd(view.credit_balance),
+        seat_based=view.plan == Plan.SEAT_BASED.value,
+        balance=Money.parse(view.credit_balance),
         negative=(view.credit_balance or "").startswith("-"),
-        spend=usd(view.spend),
-        cap=None if view.cap is None else usd(view.cap),
+        spend=Money.parse(view.spend),
+        cap=Money.parse(view.cap),
         share=share,
         level=level(share, view.status == "cap_reached"),
-        chart=chart_,
-        note=note,
         previous=shift(view.month, -1),
         following=shift(view.month, 1) if view.month < current else None,
         current=view.month == current,
-        deliveries=attempts,
-        deliveries_note=attempts_note,
+        # Forms: owners, in a browser session (the CSRF token is the session's), for
+        # the current month (a cap is about the month that is running).
+        forms=everyone and session is not None and view.month == current,
+        csrf=session.csrf if session else "",
+        request_id=secrets.token_urlsafe(16),
+        self_serve=view.billing_mode == BillingMode.SELF_SERVE.value,
+        sales_contact=svc.settings.console_sales_contact,
+        message=message,
+        signed_in=session is not None,
+        **context,
     )
-    if source == "query" and given:
-        response.set_cookie(
-            COOKIE,
-            given,
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            path="/orgs",
-        )
-    return response

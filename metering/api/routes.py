@@ -263,6 +263,8 @@ def usage_response(view: OrgUsage) -> UsageResponse:
                 effective_limit=_usd(m.effective_limit_nano_usd),
                 status=None if m.allowed is None else "active" if m.allowed else "blocked",
                 reason=m.reason,
+                allowance_used=_usd(m.allowance_used_nano_usd),
+                allowance=_usd(m.allowance_nano_usd),
             )
             for m in view.members
         ],

@@ -5,7 +5,7 @@ block shows the moment it happens). Members see only their own row."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 from redis.asyncio import Redis
 
@@ -32,6 +32,10 @@ class MemberUsage:
     effective_limit_nano_usd: int | None  # the lower of the member's and the org's cap
     allowed: bool | None  # None for a closed month: status is about now
     reason: str | None
+    # Seat-based plans: the seat's monthly allowance and how much of it the month used
+    # (R6); None on other plans, and for someone who is not a member.
+    allowance_used_nano_usd: int | None = None
+    allowance_nano_usd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,15 @@ async def load_usage(
     balance = int(balance_raw) if balance_raw is not None else 0
     current = month == month_of(now)
     spenders = {field[2:] for field in spend if field.startswith("u:")}
+    seat_based = plan is Plan.SEAT_BASED
+    # A closed month's allowance is the one of its first day (year 0000 is a valid
+    # YYYY-MM to the API, not to `date`: the earliest day there is).
+    as_of = now.date() if current else date(max(int(month[:4]), 1), int(month[5:]), 1)
     rows = []
     for user in sorted(set(members) | spenders):
         member = members.get(user)
+        allowance = book.usage_allowance(member.seat, as_of) if member and seat_based else None
+        used = spend.get(f"a:{user}", 0) if allowance is not None else None
         allowed: bool | None = None
         reason: str | None = None
         if current:
@@ -118,6 +128,8 @@ async def load_usage(
                 effective_limit_nano_usd=_lower(caps.get(user), org_cap),
                 allowed=allowed,
                 reason=reason,
+                allowance_used_nano_usd=used,
+                allowance_nano_usd=allowance,
             )
         )
     return OrgUsage(

@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(deadletter.app, name="deadletter")
 app.add_typer(token.app, name="token")
+app.command("login-link")(token.login_link)
 app.add_typer(notifier.app, name="notifier")
 app.command()(emit)
 app.command()(demo)

@@ -11,6 +11,8 @@ import typer
 
 from metering.api.revocations import revoke as revoke_service
 from metering.api.revocations import revoked as revoked_services
+from metering.api.session import DEFAULT_LINK_TTL, MAX_LINK_TTL, login_token
+from metering.api.session import login_link as login_link_url
 from metering.api.tokens import check_name, load_secret
 from metering.api.tokens import issue as issue_token
 from metering.cli.output import console, fail
@@ -85,3 +87,26 @@ def revoked() -> None:
     for name, moment in sorted(listed.items()):
         until = datetime.fromtimestamp(moment, UTC)
         console.print(f"{name}\ttokens issued until {until:%Y-%m-%d %H:%M:%S} UTC", highlight=False)
+
+
+def login_link(
+    org: Annotated[str, typer.Option(help="the member's org")],
+    user: Annotated[str, typer.Option(help="the member's user id")],
+    ttl_minutes: Annotated[
+        float, typer.Option(help="how long the link may be opened (once): 1 to 1440 minutes")
+    ] = DEFAULT_LINK_TTL.total_seconds() / 60,
+) -> None:
+    """Print a one-time sign-in link to the console (Organization settings › Usage) for
+    one member: opening it once opens a browser session; it expires unused after
+    --ttl-minutes. The link is for a person's browser; programs use `token issue`."""
+    settings = Settings()
+    if not (math.isfinite(ttl_minutes) and 1 <= ttl_minutes <= MAX_LINK_TTL.total_seconds() / 60):
+        fail("--ttl-minutes must be 1 to 1440 (24 hours)")
+    try:
+        secret = load_secret(settings.api_secret, settings.var_dir)
+        token = login_token(
+            secret, org, user, now=datetime.now(UTC), ttl=timedelta(minutes=ttl_minutes)
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    console.print(login_link_url(settings.console_url, token), soft_wrap=True, highlight=False)

@@ -142,3 +142,48 @@ def ingestion_lag(store: Store, since: datetime) -> IngestionLag:
     if not events:
         return IngestionLag(0, 0.0, 0.0, 0.0, None)
     return IngestionLag(int(events), float(p50), float(p99), float(worst), newest)
+
+
+@dataclass(frozen=True)
+class MemberModelUsage:
+    """One member's month of one model (the console's CSV export): events, tokens and
+    the billed amount, summed from `usage_daily` like `member_spend`, so they add up to it."""
+
+    user_id: str
+    model: str
+    events: int
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int
+    cache_read_input_tokens: int
+    billed_nano_usd: int
+
+
+MEMBER_MODEL_USAGE_SQL = """
+SELECT user_id, model, sum(events), sum(input_tokens), sum(output_tokens),
+       sum(cache_creation_input_tokens), sum(cache_read_input_tokens), sum(billed_nano_usd)
+FROM {db}.usage_daily
+WHERE org_id = %(org)s AND day >= %(start)s AND day < %(end)s
+GROUP BY user_id, model
+ORDER BY user_id, model
+"""
+
+
+def member_model_usage(store: Store, org_id: str, month: str) -> list[MemberModelUsage]:
+    """The month's usage per member × model (ordered by user_id, model)."""
+    sql = MEMBER_MODEL_USAGE_SQL.format(db=store.database)
+    return [
+        MemberModelUsage(
+            user_id=str(user),
+            model=str(model),
+            events=int(events),
+            input_tokens=int(tokens_in),
+            output_tokens=int(tokens_out),
+            cache_creation_input_tokens=int(cache_creation),
+            cache_read_input_tokens=int(cache_read),
+            billed_nano_usd=int(billed),
+        )
+        for user, model, events, tokens_in, tokens_out, cache_creation, cache_read, billed in (
+            store.rows(sql, _org_month(org_id, month))
+        )
+    ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from metering.clickhouse.store import Store
 from metering.documents.records import DOCUMENT_COLUMNS, IssuedDocument
@@ -72,3 +72,60 @@ def issued_documents(store: Store, org_ids: Sequence[str] | None = None) -> list
         )
         for r in rows
     ]
+
+
+@dataclass(frozen=True)
+class DocumentSummary:
+    """An issued document as a list shows it (the body is not read)."""
+
+    document_id: str
+    kind: str
+    period_start: date
+    issued_at: datetime
+    total_cents: int
+
+
+def org_documents(store: Store, org_id: str) -> list[DocumentSummary]:
+    """The org's issued documents, newest period first (then by id)."""
+    sql = (
+        "SELECT document_id, any(kind), any(period_start) AS period, any(issued_at), "
+        f"any(total_cents) FROM {store.table('documents')} WHERE org_id = %(org)s "
+        "GROUP BY document_id ORDER BY period DESC, document_id"
+    )
+    return [
+        DocumentSummary(
+            document_id=r[0],
+            kind=r[1],
+            period_start=r[2],
+            # in UTC, whether the client returns it naive (embedded chDB) or aware
+            issued_at=r[3] if r[3].tzinfo else r[3].replace(tzinfo=UTC),
+            total_cents=int(r[4]),
+        )
+        for r in store.rows(sql, {"org": org_id})
+    ]
+
+
+def org_document(store: Store, org_id: str, document_id: str) -> StoredDocument | None:
+    """One issued document of this org; None when the id is unknown or another org's."""
+    sql = (
+        "SELECT document_id, any(org_id), any(kind), any(period_start), any(issued_at), "
+        "any(body), any(origin), any(usage_watermarks), any(account_watermarks), "
+        f"any(total_cents) FROM {store.table('documents')} "
+        "WHERE org_id = %(org)s AND document_id = %(id)s GROUP BY document_id"
+    )
+    found = store.rows(sql, {"org": org_id, "id": document_id})
+    if not found:
+        return None
+    (r,) = found
+    return StoredDocument(
+        document_id=r[0],
+        org_id=r[1],
+        kind=r[2],
+        period_start=r[3],
+        issued_at=r[4],
+        body=r[5],
+        origin=r[6],
+        usage_watermarks=tuple(r[7]),
+        account_watermarks=tuple(r[8]),
+        total_cents=int(r[9]),
+    )

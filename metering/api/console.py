@@ -1,0 +1,217 @@
+"""The console's sign-in and its owner forms.
+
+`GET /login/{link}` opens a session from a one-time login link (session.py); `POST
+/logout` ends it. The forms of the Usage page POST here — the org's cap, a member's cap,
+a credit purchase — each with the session's CSRF token and a per-render request id. A
+change is the very account event the API's routes append (`commands.append`, with the
+request id as its Idempotency-Key, so a form sent twice changes once); the answer is a
+redirect back to the page (POST-redirect-GET) carrying a message in the session.
+
+Only a session may post: a form is what a browser sends, and the session is what its
+CSRF token is bound to. The role is read from the member list on every request.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from metering.api.commands import append
+from metering.api.deps import OrgId, Services, Svc, UserId, owner, role_of
+from metering.api.models import CapChange, CreditPurchase
+from metering.api.page import HEADERS, error_page, templates
+from metering.api.session import (
+    COOKIE,
+    LoginRefused,
+    Session,
+    check_csrf,
+    read_link,
+    set_session_cookie,
+)
+from schemas.money import format_usd
+
+router = APIRouter(include_in_schema=False)
+# Every field optional and unchecked by FastAPI: a form without its CSRF token is 403
+# whatever else it holds (a 422 first would tell a forger about the fields).
+FormField = Annotated[str | None, Form()]
+# A request id: the form's Idempotency-Key and, for a purchase, its purchase id.
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+TAKES_EFFECT = "takes effect within a second"
+
+
+def _page(org_id: str) -> str:
+    return f"/orgs/{org_id}/usage"
+
+
+def _back(org_id: str) -> RedirectResponse:
+    return RedirectResponse(_page(org_id), status_code=303, headers=HEADERS)
+
+
+def _signed_in_page(target: str) -> HTMLResponse:
+    """A page that moves on to the console by itself. Not a redirect: a link opened from
+    an email is a cross-site navigation, and a browser does not send a SameSite=Strict
+    cookie along a redirect chain that began cross-site; a navigation this page starts
+    is same-site, so the console opens signed in."""
+    body = templates.get_template("signed_in.html").render(target=target)
+    return HTMLResponse(body, headers={**HEADERS, "Refresh": f"0; url={target}"})
+
+
+@router.get("/login/{link}", response_class=HTMLResponse)
+async def login(request: Request, link: str, svc: Svc) -> Response:
+    try:
+        if len(link) > 2048:
+            raise LoginRefused(401, "this sign-in link is not valid")
+        claims = read_link(svc.secret, link, now=svc.clock())
+        try:
+            role = await role_of(svc, claims.org_id, claims.user_id)
+        except HTTPException:
+            role = None
+        if role is None:
+            raise LoginRefused(403, "this sign-in link is for someone who is not a member")
+        session_id = await svc.sessions.redeem(claims)
+    except LoginRefused as refused:
+        return error_page(HTTPException(refused.status, str(refused)))
+    response = _signed_in_page(_page(claims.org_id))
+    max_age = int(svc.sessions.lifetime.total_seconds())
+    set_session_cookie(response, request, session_id, max_age)
+    return response
+
+
+async def _session(request: Request, svc: Services, csrf: str | None) -> Session:
+    session = await svc.sessions.find(request.cookies.get(COOKIE))
+    if session is None:
+        raise HTTPException(401, "not signed in, or the session ended: sign in again")
+    check_csrf(session, csrf)
+    return session
+
+
+@router.post("/logout", response_class=HTMLResponse)
+async def logout(request: Request, svc: Svc, csrf: FormField = None) -> Response:
+    try:
+        session = await _session(request, svc, csrf)
+    except HTTPException as exc:
+        return error_page(exc)
+    await svc.sessions.end(session)
+    body = templates.get_template("signed_out.html").render()
+    response = HTMLResponse(body, headers=HEADERS)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def _words(exc: HTTPException | ValidationError) -> str:
+    """A refusal as a sentence for the page."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(error["msg"] for error in exc.errors())
+    detail: Any = exc.detail
+    if isinstance(detail, dict):
+        return f"{detail.get('message') or detail.get('reason')} ({detail.get('reason')})"
+    return str(detail)
+
+
+async def _change(
+    request: Request,
+    svc: Services,
+    org_id: str,
+    csrf: str | None,
+    request_id: str | None,
+    *,
+    make: Any,
+) -> Response:
+    """The checks every form shares, then the change: 401/403/404 as an error page (and
+    nothing changes); a refused change as a message on the page."""
+    try:
+        session = await _session(request, svc, csrf)
+        role = await owner(svc, session.caller, org_id)
+        if request_id is None or not REQUEST_ID.fullmatch(request_id):
+            raise HTTPException(400, "the form is incomplete: reload the page and try again")
+    except HTTPException as exc:
+        return error_page(exc)
+    try:
+        kind, data, done = make()
+        await append(
+            svc, session.caller, role, org_id, kind=kind, data=data, idempotency_key=request_id
+        )
+    except (HTTPException, ValidationError) as exc:
+        await svc.sessions.say(session, "error", f"Not changed: {_words(exc)}")
+    else:
+        await svc.sessions.say(session, "done", done)
+    return _back(org_id)
+
+
+def _limit(limit: str | None, unlimited: str | None) -> tuple[str | None, str]:
+    """The form's cap as the API's body takes it, and how the message says it."""
+    if unlimited:
+        return None, "unlimited"
+    text = (limit or "").strip().removeprefix("$").replace(",", "")
+    if not text:
+        raise HTTPException(422, "enter an amount in dollars (e.g. 250.00), or choose unlimited")
+    change = CapChange.model_validate({"limit": text})
+    assert change.limit is not None
+    return format_usd(change.limit), f"${format_usd(change.limit)}"
+
+
+@router.post("/orgs/{org_id}/usage/org-cap", response_class=HTMLResponse)
+async def org_cap_form(
+    *,
+    request: Request,
+    org_id: OrgId,
+    svc: Svc,
+    request_id: FormField = None,
+    csrf: FormField = None,
+    limit: FormField = None,
+    unlimited: FormField = None,
+) -> Response:
+    def make() -> tuple[str, dict[str, Any], str]:
+        value, said = _limit(limit, unlimited)
+        data = {"user_id": None, "limit": value}
+        return "spend_cap.set", data, f"Organization cap set to {said} — {TAKES_EFFECT}."
+
+    return await _change(request, svc, org_id, csrf, request_id, make=make)
+
+
+@router.post("/orgs/{org_id}/usage/members/{user_id}/cap", response_class=HTMLResponse)
+async def member_cap_form(
+    *,
+    request: Request,
+    org_id: OrgId,
+    user_id: UserId,
+    svc: Svc,
+    request_id: FormField = None,
+    csrf: FormField = None,
+    limit: FormField = None,
+    unlimited: FormField = None,
+) -> Response:
+    def make() -> tuple[str, dict[str, Any], str]:
+        value, said = _limit(limit, unlimited)
+        data = {"user_id": user_id, "limit": value}
+        return "spend_cap.set", data, f"Cap of {user_id} set to {said} — {TAKES_EFFECT}."
+
+    return await _change(request, svc, org_id, csrf, request_id, make=make)
+
+
+@router.post("/orgs/{org_id}/usage/credits", response_class=HTMLResponse)
+async def credits_form(
+    *,
+    request: Request,
+    org_id: OrgId,
+    svc: Svc,
+    request_id: FormField = None,
+    csrf: FormField = None,
+    amount: FormField = None,
+) -> Response:
+    def make() -> tuple[str, dict[str, Any], str]:
+        text = (amount or "").strip().removeprefix("$").replace(",", "")
+        if not text:
+            raise HTTPException(422, "enter an amount in dollars (e.g. 100.00)")
+        purchase = CreditPurchase.model_validate(
+            {"purchase_id": f"console-{request_id}", "amount": text}
+        )
+        data = {"purchase_id": purchase.purchase_id, "amount": format_usd(purchase.amount)}
+        shown = f"${format_usd(purchase.amount)}"
+        return "credits.purchased", data, f"{shown} of credits bought — {TAKES_EFFECT}."
+
+    return await _change(request, svc, org_id, csrf, request_id, make=make)
