@@ -41,6 +41,7 @@ from metering.clickhouse.queries import (
     month_bounds,
     surface_spend,
 )
+from metering.documents.store import org_documents
 from metering.enforcement.records import month_of
 from schemas.account import BillingMode, Plan, SeatType
 from schemas.money import format_usd, parse_usd
@@ -149,6 +150,7 @@ def member_line(row: MemberRow) -> MemberLine:
         status = "active"
     seat = SeatType(row.seat_type) if row.seat_type else None
     included = [s.value.replace("_", " ") for s in Surface if seat and seat_includes(seat, s)]
+    surfaces = "all" if len(included) == len(Surface) else ", ".join(included) or "—"
     allowance_share = None
     if row.allowance is not None and row.allowance_used is not None:
         allowance_share = percent(parse_usd(row.allowance_used), row.allowance)
@@ -163,7 +165,7 @@ def member_line(row: MemberRow) -> MemberLine:
         blocked=row.status == "blocked",
         share=share,
         level=level(share, row.status == "blocked"),
-        surfaces=", ".join(included) or "—",
+        surfaces=surfaces,
         allowance_used=Money.parse(row.allowance_used),
         allowance=Money.parse(row.allowance),
         allowance_share=allowance_share,
@@ -305,6 +307,38 @@ async def breakdown(
     return shares(models), shares(surfaces), note
 
 
+@dataclass(frozen=True)
+class IssuedLine:
+    document_id: str
+    kind: str
+    period: str
+    issued_on: str
+    total: str
+
+
+async def issued(svc: Services, org_id: str) -> tuple[list[IssuedLine], str]:
+    """The org's issued documents (owners), or why there are none."""
+    if svc.store is None:
+        return [], "Documents unavailable: ClickHouse is not readable from this process"
+    store = svc.store
+    try:
+        found = await asyncio.to_thread(org_documents, store, org_id)
+    except Exception as exc:
+        log.exception("documents of %s", org_id)
+        return [], f"Documents unavailable: the ClickHouse query failed ({type(exc).__name__})"
+    lines = [
+        IssuedLine(
+            document_id=d.document_id,
+            kind=d.kind.replace("_", " "),
+            period=d.period_start.strftime("%Y-%m"),
+            issued_on=d.issued_at.strftime("%Y-%m-%d"),
+            total=usd(format_cents(d.total_cents)),
+        )
+        for d in found
+    ]
+    return lines, "No document has been issued to this organization yet."
+
+
 def shift(month: str, by: int) -> str:
     year, number = divmod(int(month[:4]) * 12 + int(month[5:]) - 1 + by, 12)
     return f"{year:04d}-{number + 1:02d}"
@@ -321,6 +355,8 @@ _ABSENT: dict[str, object] = {
     "by_model": None,
     "by_surface": None,
     "breakdown_note": None,
+    "documents": None,
+    "documents_note": "",
     "message": None,
     "signed_in": False,
 }
@@ -366,6 +402,7 @@ async def usage_page(
         chart_, note = await daily(svc, org_id, view.month)
         attempts, attempts_note = await deliveries(svc, org_id)
         by_model, by_surface, breakdown_note = await breakdown(svc, org_id, view.month)
+        documents, documents_note = await issued(svc, org_id)
         context = {
             "chart": chart_,
             "note": note,
@@ -374,6 +411,8 @@ async def usage_page(
             "by_model": by_model,
             "by_surface": by_surface,
             "breakdown_note": breakdown_note,
+            "documents": documents,
+            "documents_note": documents_note,
         }
     session = seen.session
     message = await svc.sessions.said(session) if session else None

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[3]
 SCREENSHOT = REPO / "var" / "test-artifacts" / "usage-page.png"
 NANOS = 1_000_000_000
 ORG_C = "org_api_page_deficit"  # self-serve with $1 of credits, then $3 of usage
-SURFACES = "chat web, chat desktop, chat mobile, claude code, cowork"  # an enterprise seat's
+SURFACES = "all"  # an enterprise seat's
 VOID = {"meta", "link", "br", "hr", "img", "input", "col", "area", "base", "wbr"}
 
 
