@@ -25,6 +25,12 @@ def format_cents(cents: int) -> str:
     return f"{sign}{whole}.{part:02d}"
 
 
+def dollars_and_cents(amount_nano_usd: int) -> str:
+    """An amount as people read it (the console, `metering dashboard`): cents, rounded
+    like a document's lines; 23_894_255_250 → "23.89". Display only: never summed."""
+    return format_cents(to_cents(amount_nano_usd))
+
+
 def parse_cents(amount: str) -> int:
     """ "-12.34" → -1234: the inverse of `format_cents`."""
     sign = -1 if amount.startswith("-") else 1

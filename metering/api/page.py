@@ -28,7 +28,7 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from billing.accounts import MONEY_ROLES
 from billing.entitlements import seat_includes
-from billing.rounding import format_cents, to_cents
+from billing.rounding import dollars_and_cents, format_cents
 from metering.api.deps import MONTH, OrgId, Services, Svc, bearer, role_of
 from metering.api.models import MemberRow, UsageResponse
 from metering.api.routes import usage
@@ -84,7 +84,7 @@ class Money:
 
     @staticmethod
     def of(nano_usd: int) -> Money:
-        return Money(usd(format_cents(to_cents(nano_usd))), usd(format_usd(nano_usd)))
+        return Money(usd(dollars_and_cents(nano_usd)), usd(format_usd(nano_usd)))
 
     @staticmethod
     def parse(amount: str | None) -> Money | None:
@@ -122,6 +122,16 @@ REASONS = {
 }
 
 
+# Short enough for a table cell: a chat seat's are "chat web, desktop, mobile".
+SURFACE_NAMES = {
+    Surface.CHAT_WEB: "chat web",
+    Surface.CHAT_DESKTOP: "desktop",
+    Surface.CHAT_MOBILE: "mobile",
+    Surface.CLAUDE_CODE: "Claude Code",
+    Surface.COWORK: "Cowork",
+}
+
+
 @dataclass(frozen=True)
 class MemberLine:
     user_id: str
@@ -149,7 +159,7 @@ def member_line(row: MemberRow) -> MemberLine:
     else:
         status = "active"
     seat = SeatType(row.seat_type) if row.seat_type else None
-    included = [s.value.replace("_", " ") for s in Surface if seat and seat_includes(seat, s)]
+    included = [SURFACE_NAMES[s] for s in Surface if seat and seat_includes(seat, s)]
     surfaces = "all" if len(included) == len(Surface) else ", ".join(included) or "—"
     allowance_share = None
     if row.allowance is not None and row.allowance_used is not None:

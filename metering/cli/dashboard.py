@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from billing.rounding import dollars_and_cents
 from metering.cli.output import console, fail
 from metering.clickhouse import queries
 from metering.clickhouse.board import MemberStatus, read_member_board
@@ -24,14 +25,19 @@ def _status(member: MemberStatus) -> str:
     return "active" if member.allowed else f"[red]blocked: {member.reason}[/]"
 
 
-def spend_table(title: str, key: str, spends: list[queries.Spend]) -> Table:
+def usd(amount_nano_usd: int, exact: bool) -> str:
+    """Dollars and cents (rounded half away from zero, for display), or the exact figure."""
+    return format_usd(amount_nano_usd) if exact else dollars_and_cents(amount_nano_usd)
+
+
+def spend_table(title: str, key: str, spends: list[queries.Spend], exact: bool = False) -> Table:
     table = Table(key, "events", "list price (USD)", "billed (USD)", title=title)
     for spend in spends:
         table.add_row(
             spend.key,
             f"{spend.events:,}",
-            format_usd(spend.cost_nano_usd),
-            format_usd(spend.billed_nano_usd),
+            usd(spend.cost_nano_usd, exact),
+            usd(spend.billed_nano_usd, exact),
         )
     return table
 
@@ -42,6 +48,9 @@ def dashboard(
     ] = None,
     month: Annotated[str | None, typer.Option(help="YYYY-MM; default: this month (UTC)")] = None,
     top: Annotated[int, typer.Option(help="how many orgs in the top-spenders table")] = 10,
+    exact: Annotated[
+        bool, typer.Option(help="exact amounts (to the nano-dollar) instead of dollars and cents")
+    ] = False,
 ) -> None:
     """Month-to-date usage from ClickHouse. In embedded mode the store has one owner:
     stop `metering worker`/`run` first (or use a ClickHouse server)."""
@@ -60,7 +69,10 @@ def dashboard(
         if org is None:
             console.print(
                 spend_table(
-                    f"Top spenders, {month}", "org", queries.top_spenders(store, month, top)
+                    f"Top spenders, {month}",
+                    "org",
+                    queries.top_spenders(store, month, top),
+                    exact,
                 )
             )
             lag = queries.ingestion_lag(store, datetime.now(UTC) - timedelta(minutes=15))
@@ -83,13 +95,14 @@ def dashboard(
             members.add_row(
                 member.user_id,
                 f"{member.events:,}",
-                format_usd(member.billed_nano_usd),
-                "unlimited" if member.cap_nano_usd is None else format_usd(member.cap_nano_usd),
+                usd(member.billed_nano_usd, exact),
+                "unlimited" if member.cap_nano_usd is None else usd(member.cap_nano_usd, exact),
                 _status(member),
             )
         console.print(members)
-        console.print(spend_table("By model", "model", queries.model_spend(store, org, month)))
-        console.print(
-            spend_table("By surface", "surface", queries.surface_spend(store, org, month))
-        )
-        console.print(spend_table("By day", "day", queries.daily_spend(store, org, month)))
+        for title, key, read in (
+            ("By model", "model", queries.model_spend),
+            ("By surface", "surface", queries.surface_spend),
+            ("By day", "day", queries.daily_spend),
+        ):
+            console.print(spend_table(title, key, read(store, org, month), exact))

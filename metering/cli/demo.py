@@ -9,9 +9,11 @@
    the demo runs on loopback (which verifies each signature), and shows what the
    notifier delivered;
 4. waits until everything is priced and stored, saves the Usage page of one org of each
-   kind (this month and last) from the running API;
+   kind (this month and last) from the running API, and screenshots of the console as
+   one org's owner and one of its members see it (signed in with login links);
 5. stops `metering run`, runs the month-end batch for last month and prints the
-   documents; JSON + HTML land in `var/demo/documents/YYYY-MM/`.
+   documents; JSON + HTML land in `var/demo/documents/YYYY-MM/`; last, it prints a login
+   link for that owner, to open the console once `metering run` serves it again.
 
 Each run uses new org ids (from its seed, by default the clock), so running it twice
 adds a second set of orgs: the first set's documents are already issued and stay as they
@@ -40,7 +42,9 @@ from rich.live import Live
 from rich.table import Table
 
 from metering import kafka_clients
+from metering.api.session import login_link, login_token
 from metering.api.tokens import issue, load_secret
+from metering.cli.console_shots import save_console_screenshots
 from metering.cli.output import console, fail
 from metering.clickhouse.store import StoreInUse
 from metering.documents.batch import BillingBatch
@@ -55,10 +59,12 @@ from metering.stack.local import LocalStack
 from metering.stack.process import StackError, free_port, stop_child
 from metering.topics import admin_client, consumer_lag, groups_lag
 from metering.traffic import OrgProfile, TrafficGenerator
+from schemas.account import BillingMode, Plan
 
 CATCH_UP_TIMEOUT_S = 300
 WEBHOOKS_TIMEOUT_S = 60
 API_READY_TIMEOUT_S = 60
+CONSOLE_LINK_TTL = timedelta(hours=1)  # the owner's login link the demo prints
 
 
 class OutputTail:
@@ -105,6 +111,10 @@ class OutputTail:
                     self.notes[f"{value['kind']}: {value.get('reason')}"] += 1
                 else:
                     self.notes[str(value.get("kind"))] += 1
+
+    def stops(self) -> int:
+        """The "stopped" notifications seen (every reason)."""
+        return sum(n for kind, n in self.notes.items() if kind.startswith("stopped"))
 
     def close(self) -> None:
         self._stop.set()
@@ -358,13 +368,13 @@ def demo(
             f"demo{run_seed}",
             tail,
         )
-        first = traffic.orgs[0]
-        _poison(settings, f"demo{run_seed}", first.org_id, first.members[0])
+        _poison(settings, f"demo{run_seed}", traffic.orgs[0].org_id, traffic.orgs[0].members[0])
         _wait_caught_up(settings, run, "pricing and storing…")
         time.sleep(1.0)  # the tail reads the last notifications and dead letters
         console.print(_progress_table(sent, sent, None, tail, title="Pipeline output"))
         _wait_for_webhooks(tail, receiver)
         pages = _save_usage_pages(settings, port, traffic.orgs, [now.strftime("%Y-%m"), month], out)
+        console_view = _screenshots(settings, port, _console_org(traffic.orgs), out)
     finally:
         tail.close()
         stop_child(run, timeout_s=60)
@@ -381,15 +391,65 @@ def demo(
         fail(str(exc))
 
     console.print(_documents_table(report.documents, traffic, month))
-    blocked = sum(n for kind, n in tail.notes.items() if kind.startswith("stopped"))
     console.print(
         f"{orgs} orgs × {members} members, {sent:,} usage events + {POISON} poison "
         f"({events * 3 // 4:,} in {month}, the rest this month to date); "
-        f"{sum(tail.dead.values()):,} dead-lettered, {blocked:,} stops notified; "
+        f"{sum(tail.dead.values()):,} dead-lettered, {tail.stops():,} stops notified; "
         f"{sum(report.issued.values())} documents issued by the batch now. "
         f"Files: {documents_dir}/ (JSON + HTML); Usage pages: "
         f"{', '.join(p.name for p in pages[:2])}… in {out}/. "
         f"Took {time.monotonic() - started:.0f} s."
+    )
+    _print_console(settings, *console_view)
+
+
+def _print_console(settings: Settings, shown: OrgProfile, shots: list[Path] | str) -> None:
+    """Where the screenshots are, and a login link for the org's primary owner."""
+    if isinstance(shots, str):
+        console.print(shots)
+    else:
+        console.print(f"Console screenshots (owner, member): {', '.join(map(str, shots))}")
+    token = login_token(
+        load_secret(settings.api_secret, settings.var_dir),
+        shown.org_id,
+        shown.members[0],
+        now=datetime.now(UTC),
+        ttl=CONSOLE_LINK_TTL,
+    )
+    console.print(
+        f"Open the console as {shown.org_id}'s primary owner: run `.venv/bin/metering run` "
+        f"(the API on {settings.console_url}), then open, once, within "
+        f"{CONSOLE_LINK_TTL.total_seconds() / 3600:.0f} hour:\n"
+        f"{login_link(settings.console_url, token)}",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def _screenshots(
+    settings: Settings, port: int, shown: OrgProfile, out: Path
+) -> tuple[OrgProfile, list[Path] | str]:
+    return shown, save_console_screenshots(
+        load_secret(settings.api_secret, settings.var_dir),
+        f"http://127.0.0.1:{port}",
+        shown.org_id,
+        {"console-owner.png": shown.members[0], "console-member.png": shown.members[1]},
+        out,
+    )
+
+
+def _console_org(orgs: list[OrgProfile]) -> OrgProfile:
+    """The org whose console the demo shows: self-serve and seat-based when there is one
+    (credits, caps and included usage on one page)."""
+    return next(
+        (
+            org
+            for org in orgs
+            if org.billing_mode is BillingMode.SELF_SERVE
+            and org.plan is Plan.SEAT_BASED
+            and len(org.members) > 1
+        ),
+        orgs[0],
     )
 
 

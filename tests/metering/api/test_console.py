@@ -114,6 +114,7 @@ def test_a_login_link_opens_a_strict_http_only_session_once(
     assert page.status_code == 200, page.text
     assert "ola (owner)" in page.text
     assert 'id="org-cap-form"' in page.text and 'id="credits-form"' in page.text
+    assert '<form class="inline cap-form"' in page.text
 
     replayed = second.get(url)
     assert replayed.status_code == 410, replayed.text
@@ -257,7 +258,8 @@ def test_members_see_their_row_and_no_forms_and_may_not_post(browser: TestClient
     assert page.status_code == 200
     assert 'data-user="mia"' in page.text and 'data-user="ola"' not in page.text
     assert "<form" in page.text  # sign out
-    assert "cap-form" not in page.text and "credits-form" not in page.text
+    assert '<form class="inline cap-form"' not in page.text
+    assert 'id="credits-form"' not in page.text and 'id="org-cap-form"' not in page.text
     assert 'id="org-spend"' not in page.text and 'id="credit-balance"' not in page.text
     csrf = csrf_of(page.text)
     for path, form in (
@@ -281,7 +283,7 @@ def test_another_orgs_owner_is_refused(browser: TestClient) -> None:
 def test_sales_assisted_orgs_are_told_whom_to_contact(browser: TestClient) -> None:
     sign_in(browser, SALES, "owner")
     page = browser.get(f"/orgs/{SALES}/usage").text
-    assert "credits-form" not in page
+    assert 'id="credits-form"' not in page
     assert "contact your account team" in page
     assert 'id="org-cap-form"' in page
 

@@ -603,3 +603,36 @@ def test_without_clickhouse_the_export_and_documents_are_503(
         # refusals come first
         response = get(without_store, pages(ORG_A)[1], headers=owner_of(user="max"))
         assert response.status_code == 403
+
+
+# -- what the Usage page shows from ClickHouse ----------------------------------------------
+def test_the_usage_page_lists_the_orgs_documents_and_the_breakdown(
+    client: TestClient, scenario: Scenario
+) -> None:
+    """An owner's Usage page links each issued document of the org (not another org's),
+    and shows this month's spend by model and by surface in dollars and cents."""
+    page = get(client, f"/orgs/{ORG_A}/usage", headers=owner_of())
+    assert page.status_code == 200, page.text
+    ours = [i for i in scenario.documents if i.startswith(ORG_A)]
+    for document_id in ours:
+        for suffix in ("html", "json"):
+            href = f"/orgs/{ORG_A}/documents/{document_id}.{suffix}"
+            assert f'href="{href}"' in page.text, href
+            assert get(client, href, headers=owner_of()).status_code == 200, href
+    assert f"{ORG_B}.usage_invoice" not in page.text
+    assert '<td class="num">-$12.34</td>' in page.text  # the statement's total
+
+    by_model: dict[str, int] = {}
+    for used in scenario.used:
+        if used.org == ORG_A and month_of(used.at) == scenario.month:
+            key = used.model.replace("_", " ")
+            by_model[key] = by_model.get(key, 0) + used.cost - used.included
+    for model, billed in by_model.items():
+        cents = (billed + 5_000_000) // 10_000_000
+        shown = f"${cents // 100}.{cents % 100:02d}"
+        assert f'<tr data-key="{model}">' in page.text, model
+        row = page.text.split(f'<tr data-key="{model}">', 1)[1].split("</tr>", 1)[0]
+        assert shown in row, (model, shown, row)
+        assert f'title="${format_usd(billed)} exactly"' in row, row
+    members = get(client, f"/orgs/{ORG_A}/usage", headers=owner_of(user="max"))
+    assert 'id="documents"' not in members.text and 'id="breakdown"' not in members.text

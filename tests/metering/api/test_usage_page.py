@@ -31,6 +31,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[3]
 SCREENSHOT = REPO / "var" / "test-artifacts" / "usage-page.png"
 NANOS = 1_000_000_000
+ORG_S = "org_api_page_seats"  # seat-based, self-serve: sol holds a standard seat
 ORG_C = "org_api_page_deficit"  # self-serve with $1 of credits, then $3 of usage
 SURFACES = "all"  # an enterprise seat's
 VOID = {"meta", "link", "br", "hr", "img", "input", "col", "area", "base", "wbr"}
@@ -346,3 +347,35 @@ def test_a_negative_credit_balance_is_shown_in_red(
     assert dom.text["org-spend"] == "$3.00 · no cap (unlimited)"
     assert dom.rows["zoe"]["status"] == "blocked: credits used up"
     assert dom.rows["zoe"]["cap"] == dom.rows["zoe"]["limit"] == "unlimited"
+
+
+def test_a_seat_based_org_shows_the_included_usage_used(
+    client: TestClient, api_pipeline: Pipeline
+) -> None:
+    """A standard seat includes $25 a month (R6): $3 of use is $3.00 of $25.00 included
+    and $0.00 extra; the seat's surfaces are the chat ones."""
+    api_pipeline.send_accounts(
+        *new_org(ORG_S, plan="seat_based", seat="standard", members=("sol",), credits="10.00")
+    )
+    api_pipeline.wait_for_gate(ORG_S, "sol", None)
+    api_pipeline.send_usage(spend(ORG_S, "sol", 3))
+    wait_until(
+        lambda: (
+            {m["user_id"]: m for m in usage_json(client, ORG_S, "owner")["members"]}["sol"][
+                "allowance_used"
+            ]
+            == "3.00"
+        ),
+        "sol's $3 of included usage",
+    )
+    rows = {m["user_id"]: m for m in usage_json(client, ORG_S, "owner")["members"]}
+    assert (rows["sol"]["allowance"], rows["sol"]["spend"]) == ("25.00", "0.00")
+    dom = Dom(page(client, ORG_S, headers=bearer(token(ORG_S, "owner"))).text)
+    assert dom.rows["sol"]["allowance"] == "$3.00 of $25.00"
+    assert dom.rows["sol"]["spend"] == "$0.00"
+    assert dom.rows["sol"]["surfaces"] == "chat web, desktop, mobile"
+    # a usage-based org has no allowance column, and the API says null
+    assert usage_json(client, ORG_A, "olga")["members"][0]["allowance"] is None
+    assert (
+        "allowance" not in Dom(page(client, headers=bearer(token(ORG_A, "olga"))).text).rows["olga"]
+    )

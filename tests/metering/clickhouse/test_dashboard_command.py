@@ -33,9 +33,24 @@ def test_top_spenders_and_one_org(tmp_path: Path) -> None:
         COLUMNS="200",
     )
     assert org.returncode == 0, org.stderr
-    # ann: 1.499995 USD over two events, in the members table and the daily series
-    assert "1.499995" in org.stdout
+    # ann: 1.499995 USD over two events, in the members table and the daily series: in
+    # dollars and cents (half away from zero), the exact figure with --exact
+    assert "1.50" in org.stdout
+    assert "1.499995" not in org.stdout
     assert "2026-11-03" in org.stdout
+    exact = run_metering(
+        "dashboard",
+        "--org",
+        "org_gold",
+        "--month",
+        MONTH,
+        "--exact",
+        METERING_CLICKHOUSE_URL=url,
+        METERING_REDIS_PREFIX="dashboard-test-nothing:",
+        COLUMNS="200",
+    )
+    assert exact.returncode == 0, exact.stderr
+    assert "1.499995" in exact.stdout
 
 
 def test_a_store_in_use_is_one_clear_line(tmp_path: Path) -> None:
