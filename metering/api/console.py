@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from metering.api.commands import append
 from metering.api.deps import OrgId, Services, Svc, UserId, owner, role_of
@@ -154,43 +154,39 @@ def _limit(limit: str | None, unlimited: str | None) -> tuple[str | None, str]:
     return format_usd(change.limit), f"${format_usd(change.limit)}"
 
 
-@router.post("/orgs/{org_id}/usage/org-cap", response_class=HTMLResponse)
-async def org_cap_form(
-    *,
-    request: Request,
-    org_id: OrgId,
-    svc: Svc,
-    request_id: FormField = None,
-    csrf: FormField = None,
-    limit: FormField = None,
-    unlimited: FormField = None,
+class CapForm(BaseModel):
+    """A cap form's fields: `limit` in dollars, or `unlimited`."""
+
+    request_id: str | None = None
+    csrf: str | None = None
+    limit: str | None = None
+    unlimited: str | None = None
+
+
+async def _set_cap(
+    request: Request, svc: Services, org_id: str, user_id: str | None, form: CapForm
 ) -> Response:
     def make() -> tuple[str, dict[str, Any], str]:
-        value, said = _limit(limit, unlimited)
-        data = {"user_id": None, "limit": value}
-        return "spend_cap.set", data, f"Organization cap set to {said} — {TAKES_EFFECT}."
+        value, said = _limit(form.limit, form.unlimited)
+        whose = "Organization cap" if user_id is None else f"Cap of {user_id}"
+        data = {"user_id": user_id, "limit": value}
+        return "spend_cap.set", data, f"{whose} set to {said} — {TAKES_EFFECT}."
 
-    return await _change(request, svc, org_id, csrf, request_id, make=make)
+    return await _change(request, svc, org_id, form.csrf, form.request_id, make=make)
+
+
+@router.post("/orgs/{org_id}/usage/org-cap", response_class=HTMLResponse)
+async def org_cap_form(
+    request: Request, org_id: OrgId, svc: Svc, form: Annotated[CapForm, Form()]
+) -> Response:
+    return await _set_cap(request, svc, org_id, None, form)
 
 
 @router.post("/orgs/{org_id}/usage/members/{user_id}/cap", response_class=HTMLResponse)
 async def member_cap_form(
-    *,
-    request: Request,
-    org_id: OrgId,
-    user_id: UserId,
-    svc: Svc,
-    request_id: FormField = None,
-    csrf: FormField = None,
-    limit: FormField = None,
-    unlimited: FormField = None,
+    request: Request, org_id: OrgId, user_id: UserId, svc: Svc, form: Annotated[CapForm, Form()]
 ) -> Response:
-    def make() -> tuple[str, dict[str, Any], str]:
-        value, said = _limit(limit, unlimited)
-        data = {"user_id": user_id, "limit": value}
-        return "spend_cap.set", data, f"Cap of {user_id} set to {said} — {TAKES_EFFECT}."
-
-    return await _change(request, svc, org_id, csrf, request_id, make=make)
+    return await _set_cap(request, svc, org_id, user_id, form)
 
 
 @router.post("/orgs/{org_id}/usage/credits", response_class=HTMLResponse)

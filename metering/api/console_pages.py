@@ -15,10 +15,8 @@ answer 503.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
-import logging
 import re
 from collections.abc import Callable
 from typing import Annotated, TypeVar
@@ -28,7 +26,7 @@ from fastapi.responses import HTMLResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
 
 from metering.api.deps import MONTH, OrgId, Services, Svc, bearer, owner
-from metering.api.page import HEADERS, error_page, templates
+from metering.api.page import HEADERS, error_page, from_store, templates
 from metering.api.routes import org_contract
 from metering.api.viewer import Viewer, viewer
 from metering.clickhouse.queries import member_model_usage
@@ -41,7 +39,6 @@ from schemas.account import Role
 from schemas.common import ID_MAX_LENGTH, ID_PATTERN
 from schemas.money import format_usd
 
-NO_STORE = "ClickHouse is not readable from this process"
 CSV_COLUMNS = (
     "month",
     "user_id",
@@ -55,7 +52,6 @@ CSV_COLUMNS = (
 )
 _DOCUMENT_ID = re.compile(ID_PATTERN)
 
-log = logging.getLogger("metering.api.console_pages")
 router = APIRouter(include_in_schema=False)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 T = TypeVar("T")
@@ -71,16 +67,10 @@ async def _owner(
 
 async def _query(svc: Services, what: str, read: Callable[[Store], T]) -> T:
     """`read(store)` in a worker thread; 503 without ClickHouse or when the query fails."""
-    if svc.store is None:
-        raise HTTPException(503, f"{what} unavailable: {NO_STORE}")
-    store = svc.store
-    try:
-        return await asyncio.to_thread(read, store)
-    except Exception as exc:
-        log.exception("%s", what)
-        raise HTTPException(
-            503, f"{what} unavailable: the ClickHouse query failed ({type(exc).__name__})"
-        ) from None
+    found = await from_store(svc, what, read)
+    if isinstance(found, str):
+        raise HTTPException(503, found)
+    return found
 
 
 # -- the month's usage as CSV ----------------------------------------------------------

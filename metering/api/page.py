@@ -17,9 +17,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
@@ -41,6 +42,7 @@ from metering.clickhouse.queries import (
     month_bounds,
     surface_spend,
 )
+from metering.clickhouse.store import Store
 from metering.documents.store import org_documents
 from metering.enforcement.records import month_of
 from schemas.account import BillingMode, Plan, SeatType
@@ -48,6 +50,7 @@ from schemas.money import format_usd, parse_usd
 from schemas.usage import Surface
 
 NO_STORE_NOTE = "Daily chart unavailable: ClickHouse is not readable from this process"
+T = TypeVar("T")
 HEADERS = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
@@ -258,29 +261,36 @@ def chart(days: list[Spend], month: str) -> Chart:
     return Chart(bars=bars, x_ticks=x_ticks, y_ticks=y_ticks, total=total)
 
 
-async def daily(svc: Svc, org_id: str, month: str) -> tuple[Chart | None, str | None]:
-    """The chart, or why there is none: the page never fails for ClickHouse."""
+NO_STORE = "ClickHouse is not readable from this process"
+
+
+async def from_store(svc: Services, what: str, read: Callable[[Store], T]) -> T | str:
+    """`read(store)` in a worker thread, or why it could not run — a note for the page,
+    which never fails for ClickHouse (an export turns the note into a 503)."""
     if svc.store is None:
-        return None, NO_STORE_NOTE
+        return f"{what} unavailable: {NO_STORE}"
     try:
-        days = await asyncio.to_thread(daily_spend, svc.store, org_id, month)
+        return await asyncio.to_thread(read, svc.store)
     except Exception as exc:
-        log.exception("daily spend of %s for %s", org_id, month)
-        return None, f"Daily chart unavailable: the ClickHouse query failed ({type(exc).__name__})"
+        log.exception("%s", what)
+        return f"{what} unavailable: the ClickHouse query failed ({type(exc).__name__})"
+
+
+async def daily(svc: Services, org_id: str, month: str) -> tuple[Chart | None, str | None]:
+    """The chart, or why there is none."""
+    days = await from_store(svc, "Daily chart", lambda store: daily_spend(store, org_id, month))
+    if isinstance(days, str):
+        return None, days
     if not days:
         return None, f"No usage recorded in ClickHouse for {month} yet."
     return chart(days, month), None
 
 
-async def deliveries(svc: Svc, org_id: str) -> tuple[list[DeliveryAttempt], str]:
+async def deliveries(svc: Services, org_id: str) -> tuple[list[DeliveryAttempt], str]:
     """The org's latest notification delivery attempts (owners), or why there are none."""
-    if svc.store is None:
-        return [], "Deliveries unavailable: ClickHouse is not readable from this process"
-    try:
-        found = await asyncio.to_thread(recent_deliveries, svc.store, org_id)
-    except Exception as exc:
-        log.exception("deliveries of %s", org_id)
-        return [], f"Deliveries unavailable: the ClickHouse query failed ({type(exc).__name__})"
+    found = await from_store(svc, "Deliveries", lambda store: recent_deliveries(store, org_id))
+    if isinstance(found, str):
+        return [], found
     return found, "No notification has been delivered to this organization yet."
 
 
@@ -297,22 +307,18 @@ async def breakdown(
     svc: Services, org_id: str, month: str
 ) -> tuple[list[Share], list[Share], str | None]:
     """Spend by model and by surface, or why there is none."""
-    if svc.store is None:
-        return [], [], "Breakdown unavailable: ClickHouse is not readable from this process"
-    store = svc.store
 
-    def read() -> tuple[list[Spend], list[Spend]]:
+    def read(store: Store) -> tuple[list[Spend], list[Spend]]:
         return model_spend(store, org_id, month), surface_spend(store, org_id, month)
 
-    try:
-        models, surfaces = await asyncio.to_thread(read)
-    except Exception as exc:
-        log.exception("spend breakdown of %s for %s", org_id, month)
-        return [], [], f"Breakdown unavailable: the ClickHouse query failed ({type(exc).__name__})"
+    found = await from_store(svc, "Breakdown", read)
+    if isinstance(found, str):
+        return [], [], found
 
     def shares(rows: list[Spend]) -> list[Share]:
         return [Share(r.key.replace("_", " "), r.events, Money.of(r.billed_nano_usd)) for r in rows]
 
+    models, surfaces = found
     note = None if models else f"No usage recorded in ClickHouse for {month} yet."
     return shares(models), shares(surfaces), note
 
@@ -328,14 +334,9 @@ class IssuedLine:
 
 async def issued(svc: Services, org_id: str) -> tuple[list[IssuedLine], str]:
     """The org's issued documents (owners), or why there are none."""
-    if svc.store is None:
-        return [], "Documents unavailable: ClickHouse is not readable from this process"
-    store = svc.store
-    try:
-        found = await asyncio.to_thread(org_documents, store, org_id)
-    except Exception as exc:
-        log.exception("documents of %s", org_id)
-        return [], f"Documents unavailable: the ClickHouse query failed ({type(exc).__name__})"
+    found = await from_store(svc, "Documents", lambda store: org_documents(store, org_id))
+    if isinstance(found, str):
+        return [], found
     lines = [
         IssuedLine(
             document_id=d.document_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from typing import Any
 
 from metering.clickhouse.store import Store
 from metering.documents.records import DOCUMENT_COLUMNS, IssuedDocument
@@ -45,33 +46,39 @@ class StoredDocument:
     account_watermarks: tuple[int, ...]
 
 
+# The columns of a StoredDocument, in its field order (one row per document id).
+_STORED = (
+    "SELECT document_id, any(org_id), any(kind), any(period_start), any(issued_at), "
+    "any(body), any(origin), any(usage_watermarks), any(account_watermarks), "
+    "any(total_cents) FROM {table} {where} GROUP BY document_id"
+)
+
+
+def _stored(r: Sequence[Any]) -> StoredDocument:
+    return StoredDocument(
+        document_id=r[0],
+        org_id=r[1],
+        kind=r[2],
+        period_start=r[3],
+        issued_at=r[4],
+        body=r[5],
+        origin=r[6],
+        usage_watermarks=tuple(r[7]),
+        account_watermarks=tuple(r[8]),
+        total_cents=int(r[9]),
+    )
+
+
 def issued_documents(store: Store, org_ids: Sequence[str] | None = None) -> list[StoredDocument]:
     """Every issued document (of these orgs), ordered by org, period and id."""
-    select = (
-        "SELECT document_id, any(org_id), any(kind), any(period_start), any(issued_at), "
-        "any(body), any(origin), any(usage_watermarks), any(account_watermarks), "
-        f"any(total_cents) FROM {store.table('documents')} {{where}} "
-        "GROUP BY document_id ORDER BY any(org_id), any(period_start), document_id"
-    )
+    order = " ORDER BY any(org_id), any(period_start), document_id"
     if org_ids is None:
-        rows = store.rows(select.format(where=""))
+        rows = store.rows(_STORED.format(table=store.table("documents"), where="") + order)
     else:  # batches of sorted orgs, so the concatenation keeps the org order
-        rows = store.rows_in(select.format(where="WHERE org_id IN %(orgs)s"), "orgs", org_ids)
-    return [
-        StoredDocument(
-            document_id=r[0],
-            org_id=r[1],
-            kind=r[2],
-            period_start=r[3],
-            issued_at=r[4],
-            body=r[5],
-            origin=r[6],
-            usage_watermarks=tuple(r[7]),
-            account_watermarks=tuple(r[8]),
-            total_cents=int(r[9]),
-        )
-        for r in rows
-    ]
+        where = "WHERE org_id IN %(orgs)s"
+        sql = _STORED.format(table=store.table("documents"), where=where) + order
+        rows = store.rows_in(sql, "orgs", org_ids)
+    return [_stored(r) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -107,25 +114,7 @@ def org_documents(store: Store, org_id: str) -> list[DocumentSummary]:
 
 def org_document(store: Store, org_id: str, document_id: str) -> StoredDocument | None:
     """One issued document of this org; None when the id is unknown or another org's."""
-    sql = (
-        "SELECT document_id, any(org_id), any(kind), any(period_start), any(issued_at), "
-        "any(body), any(origin), any(usage_watermarks), any(account_watermarks), "
-        f"any(total_cents) FROM {store.table('documents')} "
-        "WHERE org_id = %(org)s AND document_id = %(id)s GROUP BY document_id"
-    )
+    where = "WHERE org_id = %(org)s AND document_id = %(id)s"
+    sql = _STORED.format(table=store.table("documents"), where=where)
     found = store.rows(sql, {"org": org_id, "id": document_id})
-    if not found:
-        return None
-    (r,) = found
-    return StoredDocument(
-        document_id=r[0],
-        org_id=r[1],
-        kind=r[2],
-        period_start=r[3],
-        issued_at=r[4],
-        body=r[5],
-        origin=r[6],
-        usage_watermarks=tuple(r[7]),
-        account_watermarks=tuple(r[8]),
-        total_cents=int(r[9]),
-    )
+    return _stored(found[0]) if found else None

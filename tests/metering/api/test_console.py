@@ -79,7 +79,9 @@ def usage(client: TestClient, org: str, user: str) -> dict[str, Any]:
 
 
 def member(client: TestClient, org: str, user: str) -> dict[str, Any]:
-    rows = {row["user_id"]: row for row in usage(client, org, "owner")["members"]}
+    rows: dict[str, dict[str, Any]] = {
+        row["user_id"]: row for row in usage(client, org, "owner")["members"]
+    }
     return rows[user]
 
 

@@ -159,6 +159,14 @@ def gate_follows(base: str, org: str, user: str, expected: str | None, since: fl
     return time.monotonic() - since
 
 
+def shows(driver: WebDriver, check: Callable[[], bool]) -> bool:
+    """The page shows it now; else reload it for the next look."""
+    if check():
+        return True
+    driver.refresh()
+    return False
+
+
 def until_row(driver: WebDriver, user: str, status: str) -> dict[str, str]:
     def shown() -> dict[str, str] | None:
         driver.refresh()
@@ -192,7 +200,7 @@ def test_an_owner_caps_a_member_below_their_spend_then_lifts_it(
     driver = browsers()
     sign_in(driver, served, ORG, "owner")
     assert text(driver, "viewer") == "owner (primary owner)"
-    wait_until(lambda: row(driver, "mia").get("spend") == "$2.00" or driver.refresh(), "$2")
+    wait_until(lambda: shows(driver, lambda: row(driver, "mia").get("spend") == "$2.00"), "$2")
 
     form = member_form(driver, "mia")
     form.find_element(By.NAME, "limit").send_keys("1.00")
@@ -224,7 +232,7 @@ def test_an_owner_buys_credits_and_usage_resumes(
     api_pipeline.wait_for_gate(DRY, "zoe", "credits_exhausted")
     driver = browsers()
     sign_in(driver, served, DRY, "owner")
-    wait_until(lambda: text(driver, "credit-balance") == "-$1.00" or driver.refresh(), "-$1")
+    wait_until(lambda: shows(driver, lambda: text(driver, "credit-balance") == "-$1.00"), "-$1")
     assert row(driver, "zoe")["status"] == "blocked: credits used up"
 
     driver.find_element(By.ID, "credits-amount").send_keys("10.00")

@@ -9,9 +9,8 @@ import csv
 import io
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from html.parser import HTMLParser
 from typing import Any
 
 import httpx
@@ -39,12 +38,12 @@ from schemas.validation import encode_event, parse_usage_event
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import account, new_org
 from tests.metering.api.conftest import ORG_A, ORG_B, bearer, token
+from tests.metering.api.dom import Dom
 
 # org_a (conftest): usage-based, self-serve; "owner" is its primary owner, olga an owner,
 # max a member. org_b: sales-assisted, "owner" its primary owner.
 LEGACY = "org_console_legacy"  # seat-based: standard and premium seats, one removal pending
 GHOST = "org_console_ghost"
-VOID = {"meta", "link", "br", "hr", "img", "input", "col", "area", "base", "wbr"}
 CSV_HEADER = [
     "month",
     "user_id",
@@ -56,63 +55,6 @@ CSV_HEADER = [
     "cache_read_input_tokens",
     "billed_usd",
 ]
-
-
-# -- reading a page -------------------------------------------------------------------
-@dataclass
-class _Open:
-    tag: str
-    attrs: dict[str, str | None]
-    text: list[str] = field(default_factory=list)
-
-
-class Dom(HTMLParser):
-    """The text of every element with an id, the cells (by class) of each `tr` with a
-    `data-seat`, and the `data-seat` of each pending-removal item."""
-
-    def __init__(self, markup: str) -> None:
-        super().__init__()
-        self.text: dict[str, str] = {}
-        self.seats: dict[str, dict[str, str]] = {}
-        self.links: dict[str, str] = {}
-        self.pending: dict[str, str] = {}
-        self._stack: list[_Open] = []
-        self.feed(markup)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = dict(attrs)
-        if tag == "a" and found.get("id"):
-            self.links[str(found["id"])] = str(found.get("href"))
-        if tag not in VOID:
-            self._stack.append(_Open(tag, found))
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag not in VOID:
-            self.handle_endtag(tag)
-
-    def handle_data(self, data: str) -> None:
-        for element in self._stack:
-            element.text.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        while self._stack:
-            element = self._stack.pop()
-            if element.tag == tag:
-                break
-        else:
-            return
-        text = " ".join("".join(element.text).split())
-        if ident := element.attrs.get("id"):
-            self.text[ident] = text
-        if tag == "li" and (seat := element.attrs.get("data-seat")):
-            self.pending[seat] = text
-        if tag == "td":
-            row = next((e.attrs.get("data-seat") for e in self._stack if e.tag == "tr"), None)
-            if row:
-                cell = (element.attrs.get("class") or "").split()[-1]
-                self.seats.setdefault(row, {})[cell] = text
 
 
 # -- usage rows and documents in ClickHouse ---------------------------------------------

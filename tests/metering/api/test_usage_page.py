@@ -1,15 +1,14 @@
 """The Usage page (R18), server-rendered, on a real stack: usage goes through a real
 worker, caps are set through the API, and the daily chart reads an embedded ClickHouse
-holding the same events. Checked over HTTP and in headless Chromium (DOM + screenshot)."""
+holding the same events. Checked over HTTP; test_console_browser.py drives the page in
+Chromium."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from html.parser import HTMLParser
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,74 +25,12 @@ from schemas.validation import encode_event, parse_usage_event
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import new_org, spend
 from tests.metering.api.conftest import ORG_A, ORG_B, bearer, token
+from tests.metering.api.dom import Dom
 
-CHROMIUM = Path("/usr/bin/chromium")
-REPO = Path(__file__).resolve().parents[3]
-SCREENSHOT = REPO / "var" / "test-artifacts" / "usage-page.png"
 NANOS = 1_000_000_000
 ORG_S = "org_api_page_seats"  # seat-based, self-serve: sol holds a standard seat
 ORG_C = "org_api_page_deficit"  # self-serve with $1 of credits, then $3 of usage
 SURFACES = "all"  # an enterprise seat's
-VOID = {"meta", "link", "br", "hr", "img", "input", "col", "area", "base", "wbr"}
-
-
-# -- reading a page -------------------------------------------------------------------
-@dataclass
-class _Open:
-    tag: str
-    attrs: dict[str, str | None]
-    text: list[str] = field(default_factory=list)
-
-
-class Dom(HTMLParser):
-    """What the tests look at: the text (and class) of every element with an id, each
-    member row's cells by class, and the chart's bars."""
-
-    def __init__(self, markup: str) -> None:
-        super().__init__()
-        self.text: dict[str, str] = {}
-        self.classes: dict[str, set[str]] = {}
-        self.rows: dict[str, dict[str, str]] = {}
-        self.bars: list[dict[str, str | None]] = []
-        self._stack: list[_Open] = []
-        self.feed(markup)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        found = dict(attrs)
-        if tag == "rect" and "bar" in (found.get("class") or "").split():
-            self.bars.append(found)
-        if tag not in VOID:
-            self._stack.append(_Open(tag, found))
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)
-        if tag not in VOID:
-            self.handle_endtag(tag)
-
-    def handle_data(self, data: str) -> None:
-        for element in self._stack:
-            element.text.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        while self._stack:
-            element = self._stack.pop()
-            if element.tag == tag:
-                break
-        else:
-            return
-        text = " ".join("".join(element.text).split())
-        if ident := element.attrs.get("id"):
-            self.text[ident] = text
-            self.classes[ident] = set((element.attrs.get("class") or "").split())
-        if tag == "td":
-            row = next((e.attrs.get("data-user") for e in self._stack if e.tag == "tr"), None)
-            if row:
-                cell = (element.attrs.get("class") or "").split()[-1]
-                self.rows.setdefault(row, {})[cell] = text
-
-    def spend_by_day(self) -> dict[str, str]:
-        return {str(bar["data-day"]): str(bar["data-spend"]) for bar in self.bars}
 
 
 # -- the scenario -----------------------------------------------------------------------
