@@ -230,8 +230,8 @@ def test_a_receiver_failing_twice_gets_the_same_id_three_times(
             Store(pipeline.settings.resolved_clickhouse_url) as store,
             TestClient(create_api(pipeline.settings, store=store)) as client,
         ):
-            page = client.get(f"/orgs/{org}/usage", params={"token": token(org, "owner")})
-            member = client.get(f"/orgs/{org}/usage", params={"token": token(org, "u1")})
+            page = client.get(f"/orgs/{org}/usage", headers=bearer(token(org, "owner")))
+            member = client.get(f"/orgs/{org}/usage", headers=bearer(token(org, "u1")))
         assert page.status_code == 200, page.text
         rows = re.findall(
             r'data-notification="([^"]+)" data-status="(\w+)".*?<td class="num">(\d+)</td>',
