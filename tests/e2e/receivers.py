@@ -35,11 +35,13 @@ class Request:
 @dataclass
 class WebhookReceiver:
     """`answer(request_number_for_this_webhook_id, path) -> HTTP status` decides each
-    answer (default 200); `delay_s` makes every answer slow."""
+    answer (default 200); `delay_s` makes every answer slow; `refusal_headers` go with
+    every answer that is not 2xx (e.g. a Retry-After)."""
 
     port: int = field(default_factory=free_port)
     answer: Callable[[int, str], int] = lambda _n, _path: 200
     delay_s: float = 0.0
+    refusal_headers: dict[str, str] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -64,6 +66,9 @@ class WebhookReceiver:
                     time.sleep(receiver.delay_s)
                 try:
                     self.send_response(status)
+                    if not 200 <= status < 300:
+                        for name, value in receiver.refusal_headers.items():
+                            self.send_header(name, value)
                     self.send_header("content-length", "2")
                     self.end_headers()
                     self.wfile.write(b"ok")
