@@ -31,17 +31,18 @@ from schemas.validation import MAX_CLOCK_SKEW, MAX_EVENT_BYTES, encode_event
 
 # schemas.common.ID_PATTERN, anchored with \Z: Python's `$` would also match before a
 # trailing newline, which pydantic's (Rust) regex does not.
-_ID = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=1, max_length=ID_MAX_LENGTH, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*\Z"
-    ),
-]
+_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:@+\-]*\Z"
+_ID = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH, pattern=_ID_PATTERN)]
+# Org, user and model ids repeat from event to event: their pattern is checked once per
+# distinct value (below) instead of by msgspec on every event (~0.3 µs a match).
+_REPEATED_ID = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH)]
+_ID_MATCH = re.compile(_ID_PATTERN).match
+_VALID_IDS: set[str] = set()
+_MAX_VALID_IDS = 1 << 16  # then forgotten and checked again: memory stays bounded
 _TOKENS = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_PER_EVENT)]
-_TIMESTAMP = Annotated[
-    str,
-    msgspec.Meta(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)\Z"),
-]
+# RFC 3339 with at most six fractional digits and a zone; checked in `parse_usage_fast`
+# after the (cheaper) test for the canonical form our emitter writes.
+_TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)")
 _SURFACES = {surface.value: surface for surface in Surface}
 
 
@@ -49,15 +50,15 @@ class _WireUsage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # In the canonical field order: encoded again, it is the canonical form once
     # `occurred_at` is (see `_canonical_timestamp`).
     event_id: _ID
-    org_id: _ID
-    user_id: _ID
+    org_id: _REPEATED_ID
+    user_id: _REPEATED_ID
     surface: str
-    model: _ID
+    model: _REPEATED_ID
     input_tokens: _TOKENS
     output_tokens: _TOKENS
     cache_creation_input_tokens: _TOKENS = 0
     cache_read_input_tokens: _TOKENS = 0
-    occurred_at: _TIMESTAMP
+    occurred_at: str
 
 
 _DECODER = msgspec.json.Decoder(_WireUsage)
@@ -90,9 +91,19 @@ def parse_usage_fast(raw: bytes, *, now: datetime) -> FastUsage | None:
         return None
     try:
         wire = _DECODER.decode(raw)
+        canonical = _CANONICAL_TIMESTAMP.fullmatch(wire.occurred_at) is not None
+        if not canonical and _TIMESTAMP.fullmatch(wire.occurred_at) is None:
+            return None
         occurred = datetime.fromisoformat(wire.occurred_at).astimezone(UTC)
     except (msgspec.DecodeError, msgspec.ValidationError, ValueError, OverflowError):
         return None  # OverflowError: year 1 or 9999 with an offset past the calendar
+    for repeated in (wire.org_id, wire.user_id, wire.model):
+        if repeated not in _VALID_IDS:
+            if _ID_MATCH(repeated) is None:
+                return None
+            if len(_VALID_IDS) >= _MAX_VALID_IDS:
+                _VALID_IDS.clear()
+            _VALID_IDS.add(repeated)
     surface = _SURFACES.get(wire.surface)
     if (
         surface is None
@@ -100,7 +111,7 @@ def parse_usage_fast(raw: bytes, *, now: datetime) -> FastUsage | None:
         or occurred > now + MAX_CLOCK_SKEW
     ):
         return None
-    if not _CANONICAL_TIMESTAMP.fullmatch(wire.occurred_at):
+    if not canonical:
         wire.occurred_at = format_timestamp(occurred)
     return FastUsage(
         wire.event_id,
