@@ -1,7 +1,7 @@
 """`BatchLoop`: consume a batch → hand it over → commit its offsets once it is settled.
 
-The one loop of the project's high-volume confluent-kafka consumers (the usage hot path
-of `metering worker`). Its whole crash-safety argument:
+The one loop of the project's confluent-kafka consumers: the usage hot path of
+`metering worker` and the ClickHouse sink. Its whole crash-safety argument:
 
 - a batch's offsets are committed only after its `Work` says it is settled — for the
   usage path: its Redis writes applied and every output acknowledged by the broker —
@@ -112,7 +112,9 @@ class BatchLoop:
         max_in_flight: int = 2,
         on_batch: Callable[[int], None] | None = None,
         on_lag: Callable[[int], None] | None = None,
+        on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
         consume_gap_s: float = CONSUME_GAP_S,
+        in_flight_poll_s: float = IN_FLIGHT_POLL_S,
     ) -> None:
         self._consumer = consumer
         self._topics = list(topics)
@@ -122,7 +124,11 @@ class BatchLoop:
         self._on_batch = on_batch  # told each batch's size as it is consumed (metrics)
         self._on_lag = on_lag  # told the lag every LAG_REFRESH_S (metrics)
         self._lag_reported = 0.0
+        self._on_assign = on_assign  # e.g. the sink reloads its ledger fold
         self._consume_gap_s = consume_gap_s
+        # Batches in flight: how long a consume call waits before the loop looks at their
+        # settlement again (short when settling is near: acks; longer for a linger).
+        self._in_flight_poll_s = in_flight_poll_s
         self._last_consume = time.monotonic()
         self._in_flight: deque[_InFlight] = deque()
         self._paused: list[TopicPartition] = []
@@ -130,22 +136,44 @@ class BatchLoop:
         self._async_commits = False
         self._committed: dict[tuple[str, int], int] = {}
         self.abandoned = False  # the batch being handed over lost its partitions
+        self.draining = False  # settling everything in flight (revoke, stop, caught up)
         self.committed_batches = 0
 
     # -- the loop --------------------------------------------------------------------
 
     def run(self, stop: Event) -> None:
-        """Until `stop` is set; then settle what is in flight, commit it, leave the group."""
+        """Until `stop` is set; then settle what is in flight, commit it, leave the group.
+        On an error, everything in flight is given up uncommitted (the next owner
+        replays it) before the consumer closes."""
         self.subscribe()
         try:
             while not stop.is_set():
                 self.turn()
-            self._drain()
+            self.drain()
+        except BaseException:
+            self.give_up()
+            raise
         finally:
             self._consumer.close()  # leaves the group; commits nothing (auto-commit off)
 
     def subscribe(self) -> None:
-        self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+        if self._on_assign is not None:
+            self._consumer.subscribe(
+                self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke
+            )
+        else:
+            self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+
+    def give_up(self) -> None:
+        """Drop every batch in flight, uncommitted: after an error, nothing more of them
+        is trusted; their records are read again by whoever owns the partitions next."""
+        if self._in_flight:
+            self._in_flight.clear()
+            self._work.forget()
+
+    def committed(self) -> dict[tuple[str, int], int]:
+        """The offsets this loop committed, per (topic, partition) it still owns."""
+        return dict(self._committed)
 
     def turn(self) -> int:
         """One consume → hand over → settle step. Returns how many records it took."""
@@ -183,7 +211,7 @@ class BatchLoop:
         at a low rate a batch is one or a few records, under a backlog a full one."""
         self._resume()
         self._last_consume = time.monotonic()
-        timeout = IN_FLIGHT_POLL_S if self._in_flight else IDLE_POLL_S
+        timeout = self._in_flight_poll_s if self._in_flight else IDLE_POLL_S
         messages = self._consumer.consume(num_messages=1, timeout=timeout)
         if messages:
             messages += self._consumer.consume(num_messages=self._max_records - 1, timeout=0)
@@ -228,7 +256,7 @@ class BatchLoop:
                 self._commit(self._in_flight.popleft(), asynchronous=True)
             if not wait or len(self._in_flight) <= self._max_in_flight:
                 return
-            self.keep_alive(IN_FLIGHT_POLL_S)
+            self.keep_alive(self._in_flight_poll_s)
             if not self._in_flight:  # a rebalance settled or abandoned them
                 return
 
@@ -315,26 +343,32 @@ class BatchLoop:
         """Before the partitions go: settle and commit what is in flight (or leave it to
         the next owner when it does not settle in time); a batch being handed over is
         abandoned."""
-        self._drain()
+        self.drain()
         self._committed.clear()
         if self._handing_over:
             self.abandoned = True
         self._paused = []
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
+        """Settle every batch in flight and commit them (synchronously confirmed), or give
+        them up after DRAIN_TIMEOUT_S; the work sees `draining` meanwhile."""
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while self._in_flight:
-            self._work.idle()
-            self._work.serve(IN_FLIGHT_POLL_S)
-            head = self._in_flight[0]
-            if head.settlement.settled():  # confirmed below, with one synchronous commit
-                self._commit(self._in_flight.popleft(), asynchronous=True)
-            elif time.monotonic() > deadline:
-                log.warning(
-                    "%d batches in flight did not settle in %.0f s; their next owner replays them",
-                    len(self._in_flight),
-                    DRAIN_TIMEOUT_S,
-                )
-                self._in_flight.clear()
-                self._work.forget()
+        self.draining = True
+        try:
+            while self._in_flight:
+                self._work.idle()
+                self._work.serve(IN_FLIGHT_POLL_S)
+                head = self._in_flight[0]
+                if head.settlement.settled():  # confirmed below, with one synchronous commit
+                    self._commit(self._in_flight.popleft(), asynchronous=True)
+                elif time.monotonic() > deadline:
+                    log.warning(
+                        "%d batches in flight did not settle in %.0f s; their next owner "
+                        "replays them",
+                        len(self._in_flight),
+                        DRAIN_TIMEOUT_S,
+                    )
+                    self.give_up()
+        finally:
+            self.draining = False
         self._confirm_commits()

@@ -11,8 +11,11 @@ Exactly once in query results, with at-least-once delivery:
   the duplicates a restarted enforcement worker re-publishes). The rollup views see only
   inserted blocks, so this check — not ReplacingMergeTree's eventual merge — is what
   keeps them exact;
-- on a rebalance the pending batch is flushed inside the revoke callback, before the
-  partitions can move, so two sinks never insert the same partition's records at once;
+- it runs on `metering.batch_loop.BatchLoop`, like the usage hot path: the records
+  consumed are held until the batch is stored, then the loop commits their offsets in
+  order; on a rebalance the pending batch is stored inside the revoke callback (the
+  loop drains), before the partitions can move, so two sinks never insert the same
+  partition's records at once; waiting for ClickHouse keeps the group's membership;
 - the account ledger's fold advances only with what is stored: after any failed attempt
   it is restored from ClickHouse before the batch is derived again, so a batch stored
   later is stored whole, never with its account events taken as "already stored";
@@ -20,7 +23,8 @@ Exactly once in query results, with at-least-once delivery:
   (`unstorable_record`) and the rest of its batch stored; any other ClickHouse or Kafka
   error is retried in place with back-off, never a reason to exit.
 
-Batches close at `sink_batch_rows` records or `sink_batch_seconds`, whichever first.
+Batches close at `sink_batch_rows` records or `sink_batch_seconds`, whichever first
+(one insert per table per batch, however many consume calls filled it).
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ from threading import Event
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 from pydantic import ValidationError
 
 from metering import kafka_clients
-from metering.batch_loop import source_record
+from metering.batch_loop import BatchLoop
 from metering.clickhouse.deliveries import DELIVERY_COLUMNS, BadDeliveryRecord, delivery_row
 from metering.clickhouse.ledger import RESTORE_COLUMNS, LedgerFold
 from metering.clickhouse.migrations import migrate
@@ -79,6 +83,7 @@ UNSTORABLE = (DataError, ValueError, TypeError, OverflowError)
 SERVER_ERRORS = (DatabaseError,)
 EXIT_FAULT_INJECTED = 77
 LAG_REFRESH_S = 5.0  # how often the consumer-lag gauge is recomputed (cached offsets only)
+LINGER_POLL_S = 0.05  # a batch is being filled: how long one consume call waits
 
 
 @dataclass
@@ -110,7 +115,24 @@ class _BatchRows:
         self.reject_reasons.append(reason.value)
 
 
+class _Pending:
+    """The records of the batch being filled: settled (for the loop, which then commits
+    their offsets) once they are stored."""
+
+    __slots__ = ("records", "started", "stored")
+
+    def __init__(self) -> None:
+        self.records: list[SourceRecord] = []
+        self.started = time.monotonic()
+        self.stored = False
+
+    def settled(self) -> bool:
+        return self.stored
+
+
 class ClickHouseSink:
+    """The sink's `Work` for a `BatchLoop` (`handle`, `serve`, `idle`, `forget`)."""
+
     def __init__(self, settings: Settings, store: Store) -> None:
         self._settings = settings
         self._store = store
@@ -128,16 +150,23 @@ class ClickHouseSink:
                 "max.poll.interval.ms": 300_000,
             }
         )
-        self._pending: list[SourceRecord] = []
-        self._batch_started = 0.0
+        self._loop = BatchLoop(
+            self._consumer,
+            self._inputs,
+            self,
+            max_records=settings.sink_batch_rows,
+            # Every consume call's records wait in the batch being filled: the loop
+            # never waits for room, and looks at the batch's age every LINGER_POLL_S.
+            max_in_flight=1_000_000,
+            on_assign=self._on_assign,
+            in_flight_poll_s=LINGER_POLL_S,
+        )
+        self._pending: _Pending | None = None
+        self._storing = False  # a store is under way (its retries serve the loop)
         self._lag_reported = 0.0
-        self._stored: dict[tuple[str, int], int] = {}  # offsets this sink committed
         # The ledger fold is ahead of ClickHouse (a batch derived, not yet stored):
         # restored from the store before anything is derived again.
         self._ledger_ahead = False
-        # Failed for good: the pending batch is left to the next owner (not stored, not
-        # committed), also when closing the consumer revokes the partitions.
-        self._failed = False
         self._lag_gauges = {
             topic: CONSUMER_LAG.labels(settings.sink_group_id, topic) for topic in self._inputs
         }
@@ -153,89 +182,94 @@ class ClickHouseSink:
             self._topics.notification_deliveries,
         )
 
-    # -- the loop --------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._consumer.subscribe(
-            list(self._inputs),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-        )
+    # -- running ---------------------------------------------------------------------
 
     def run(self, stop: Event) -> None:
-        """Consume until `stop` is set; then flush what is pending and leave the group."""
-        self.start()
-        try:
-            while not stop.is_set():
-                self.poll_once()
-            self.flush()
-        except BaseException:
-            self._failed = True
-            raise
-        finally:
-            self._consumer.close()
+        """Consume until `stop` is set; then store what is pending and leave the group."""
+        self._loop.run(stop)
 
     def run_until_caught_up(self, timeout_s: float = 60.0) -> None:
         """Consume and store until everything on the input topics is stored and
         committed (for tests, the demo and `metering sink --once`)."""
-        self.start()
+        self._loop.subscribe()
         deadline = time.monotonic() + timeout_s
         try:
             while True:
-                if self.poll_once() == 0:  # idle: store what is pending, then check
-                    self.flush()
+                if self._loop.turn() == 0:  # idle: store what is pending, then check
+                    self._loop.drain()
                     if self._caught_up():
                         return
                 if time.monotonic() > deadline:
                     raise TimeoutError("the ClickHouse sink did not catch up in time")
         except BaseException:
-            self._failed = True
+            self._loop.give_up()
             raise
         finally:
             self._consumer.close()
 
-    def poll_once(self) -> int:
-        """One consume call; stores the pending batch when it is full or old enough.
-        Returns how many records arrived."""
-        room = max(self._settings.sink_batch_rows - len(self._pending), 1)
-        messages = self._consumer.consume(num_messages=room, timeout=0.1)
-        for message in messages:
-            error = message.error()
-            if error is not None and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                # Not created yet (`metering stack up` creates them): wait, do not die.
-                log.warning("%s; waiting for it", error.str())
-                continue
-            if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                raise KafkaException(error)
-            if error is None:
-                if not self._pending:
-                    self._batch_started = time.monotonic()
-                self._pending.append(source_record(message))
-        full = len(self._pending) >= self._settings.sink_batch_rows
-        due = time.monotonic() - self._batch_started >= self._settings.sink_batch_seconds
-        if self._pending and (full or due):
-            self.flush()
+    # -- the loop's work -------------------------------------------------------------
+
+    def handle(self, records: Sequence[SourceRecord], loop: BatchLoop) -> _Pending:
+        """Add a consumed batch to the batch being filled; store it once it is full."""
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = _Pending()
+        pending.records += records
+        if len(pending.records) >= self._settings.sink_batch_rows:
+            self._store_pending()
+        return pending
+
+    def serve(self, timeout_s: float) -> None:
+        """Store the pending batch once it is `sink_batch_seconds` old; the lag gauge."""
+        pending = self._pending
+        if (
+            pending is not None
+            and not self._storing
+            and time.monotonic() - pending.started >= self._settings.sink_batch_seconds
+        ):
+            self._store_pending()
+        elif timeout_s > 0:
+            time.sleep(timeout_s)  # nothing to wait for but time
         if time.monotonic() - self._lag_reported >= LAG_REFRESH_S:
             self._report_lag()
-        return len(messages)
 
-    def flush(self) -> None:
-        """Store the pending batch, then commit its offsets. Storing is retried until it
-        succeeds, and is safe to repeat (the stored-id checks)."""
-        if not self._pending or self._failed:
+    def idle(self) -> None:
+        """Nothing new came: when the loop drains (a rebalance, stopping, or caught up),
+        store what is pending now rather than when it is old enough."""
+        if self._loop.draining:
+            self._store_pending()
+
+    def forget(self) -> None:
+        """The loop gave the pending batch up (a rebalance it could not wait for, or an
+        error): it is read again by the partitions' next owner, and whatever of it was
+        stored is recognised then by the stored-id checks."""
+        self._pending = None
+        self._ledger_ahead = True  # the fold may hold what was given up
+
+    def _store_pending(self) -> None:
+        """Store the pending batch (retried until it succeeds: safe to repeat), then let
+        the loop commit it. Not re-entered from the loop its retries serve."""
+        pending = self._pending
+        if pending is None or self._storing:
             return
-        batch = self._pending
-        self._store_batch(batch)
+        self._storing = True
+        try:
+            if not self._store_batch(pending):
+                return  # given up meanwhile (see `forget`)
+        finally:
+            self._storing = False
         self.stats.batches += 1
         self._inject_fault()
-        self._commit(batch)
+        pending.stored = True
+        self._pending = None
         SINK_BATCHES.inc()
-        self._pending = []
 
-    def _store_batch(self, batch: Sequence[SourceRecord]) -> None:
+    def _store_batch(self, pending: _Pending) -> bool:
         """Derive the batch's rows (which advances the ledger fold) and store them; on a
         failure the fold is restored from ClickHouse before the next attempt. A row
-        ClickHouse cannot take sends the batch down the record-by-record path."""
+        ClickHouse cannot take sends the batch down the record-by-record path. False if
+        the loop gave the batch up while a failure was retried."""
+        batch = pending.records
         attempt = 0
         while True:
             try:
@@ -253,7 +287,7 @@ class ClickHouseSink:
                     self._catch_up_ledger()
                     self._store_one_by_one(batch)
                 self._ledger_ahead = False
-                return
+                return True
             except (*RETRYABLE, *SERVER_ERRORS) as exc:
                 delay = backoff_s(attempt)
                 level = logging.WARNING if isinstance(exc, RETRYABLE) else logging.ERROR
@@ -262,7 +296,9 @@ class ClickHouseSink:
                 )
                 SINK_BATCH_RETRIES.inc()
                 attempt += 1
-                time.sleep(delay)
+                self._loop.keep_alive(delay)  # the group keeps its member meanwhile
+                if self._pending is not pending:
+                    return False
 
     def _store_one_by_one(self, batch: Sequence[SourceRecord]) -> None:
         """Each record with its own insert: one that ClickHouse refuses is dead-lettered
@@ -371,20 +407,6 @@ class ClickHouseSink:
                 fresh.append(row)
         return fresh
 
-    def _commit(self, batch: Sequence[SourceRecord]) -> None:
-        last: dict[tuple[str, int], int] = {}
-        for record in batch:
-            place = (record.topic, record.partition)
-            last[place] = max(last.get(place, -1), record.offset)
-        offsets = [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-            self._stored.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
-        except KafkaException as exc:
-            # A rebalance took the partitions: the next owner replays the batch and the
-            # stored-id check keeps the replay from inserting anything twice.
-            log.warning("offset commit refused (%s); the batch will be replayed", exc)
-
     def _inject_fault(self) -> None:
         """Fault injection for the crash tests: exit between insert and commit."""
         limit = self._settings.sink_exit_after_batches
@@ -399,9 +421,10 @@ class ClickHouseSink:
         the client's cached state and our own commits (no request)."""
         self._lag_reported = time.monotonic()
         lag = dict.fromkeys(self._inputs, 0)
+        committed = self._loop.committed()
         try:
             for tp in self._consumer.position(self._consumer.assignment()):
-                done = self._stored.get((tp.topic, tp.partition), tp.offset)
+                done = committed.get((tp.topic, tp.partition), tp.offset)
                 if done < 0:  # nothing read or committed yet: unknown
                     continue
                 _low, high = self._consumer.get_watermark_offsets(tp, cached=True)
@@ -430,16 +453,11 @@ class ClickHouseSink:
             )
         )
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.flush()  # nothing, once the sink failed: the next owner replays the batch
-        for tp in partitions:
-            self._stored.pop((tp.topic, tp.partition), None)
-
     def _caught_up(self) -> bool:
         """Every partition of the input topics committed up to its end, nothing pending.
         All partitions, not only ours: right after a sink was killed its partitions stay
         with the dead member until the session times out, and are only then ours."""
-        if self._pending or not self._consumer.assignment():
+        if self._pending is not None or not self._consumer.assignment():
             return False
         metadata = self._consumer.list_topics(timeout=10).topics
         partitions = [
