@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from threading import Event
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -159,5 +160,47 @@ def test_waiting_in_keep_alive_neither_skips_nor_repeats_a_record(
         _turn_until(loop, lambda: len(work.offsets()) >= 400)
         assert work.offsets() == list(range(400))
         assert work.served > 0  # the work was served while the loop waited
+    finally:
+        consumer.close()
+
+
+def test_an_error_gives_up_the_batches_in_flight_uncommitted(
+    stack: RunningStack, topic_factory: Any
+) -> None:
+    """`run` ends on the work's error without waiting to settle or commit anything in
+    flight (the drain would wait 15 s for batches nobody will settle); the group's next
+    consumer reads them all again."""
+    topic = topic_factory("batch-loop-error", partitions=1)
+    group = f"batch-loop-{uuid.uuid4().hex[:8]}"
+    _produce(stack.bootstrap, topic, 30)
+    forgotten: list[bool] = []
+
+    class Failing(_Work):
+        def handle(self, records: Sequence[SourceRecord], loop: BatchLoop) -> _Settlement:
+            if len(self.batches) == 2:
+                raise RuntimeError("the work broke")
+            return super().handle(records, loop)
+
+        def forget(self) -> None:
+            forgotten.append(True)
+
+    work = Failing()
+    loop = BatchLoop(
+        _consumer(stack.bootstrap, group), [topic], work, max_records=10, max_in_flight=5
+    )
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="the work broke"):
+        loop.run(stop=Event())  # never set: only the error ends it
+    assert time.monotonic() - started < 10  # not the 15 s drain
+    assert forgotten == [True]
+    assert _committed(stack.bootstrap, group, topic) < 0
+
+    replay = _Work()
+    consumer = _consumer(stack.bootstrap, group)
+    loop = BatchLoop(consumer, [topic], replay)
+    loop.subscribe()
+    try:
+        _turn_until(loop, lambda: len(replay.offsets()) == 30)
+        assert replay.offsets() == list(range(30))
     finally:
         consumer.close()
