@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from threading import Event
 from collections.abc import Callable, Sequence
+from threading import Event
 from typing import Any
 
 import pytest
