@@ -296,7 +296,7 @@ def _sustained_run(ns: Namespace, workers: int) -> dict[str, Any]:
     traffic = TrafficGenerator(
         seed=98, orgs=ORGS, members_per_org=10, start=datetime.now(UTC) - timedelta(hours=1)
     )
-    ns.emit_backlog(traffic, BACKLOG_EVENTS)
+    ns.emit_backlog(traffic, BACKLOG_EVENTS, orgs_applied=True)
     started = time.perf_counter()
     processes = ns.spawn([METERING, "worker"], count=workers, sink_in_worker=False)
     try:
@@ -313,7 +313,7 @@ def _measure(ns: Namespace) -> dict[str, Any] | None:
     traffic = TrafficGenerator(
         seed=99, orgs=ORGS, members_per_org=10, start=now - timedelta(hours=1)
     )
-    ns.emit_backlog(traffic, BACKLOG_EVENTS)
+    ns.emit_backlog(traffic, BACKLOG_EVENTS, orgs_applied=True)
     started = time.perf_counter()
     # The processors alone: the ClickHouse sink has its own benchmark.
     workers = ns.spawn([METERING, "worker"], count=WORKERS, sink_in_worker=False)

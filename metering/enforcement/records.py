@@ -14,7 +14,9 @@ from schemas.outputs import DeadLetter
 from schemas.validation import encode_event
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs ~0.5 µs more (object.__setattr__ per
+# field), paid for every record and output on the usage hot path. Nothing mutates them.
+@dataclass(slots=True)
 class SourceRecord:
     """One consumed Kafka record."""
 
@@ -30,7 +32,7 @@ class SourceRecord:
         return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: see SourceRecord
 class OutputMessage:
     topic: str
     key: str

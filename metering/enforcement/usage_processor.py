@@ -268,21 +268,20 @@ class UsageProcessor(BatchProcessor):
         return merged
 
     def _outcomes(self, events: list[_Valid], outcomes: list[str], result: BatchResult) -> None:
+        priced_topic = self._topics.usage_priced  # a property: looked up once, not per event
+        outputs = result.outputs
         for valid, outcome in zip(events, outcomes, strict=True):
             code, _, included_text = outcome.partition("|")
-            if code in {"A", "R"}:
-                included = int(included_text)
+            if code == "A" or code == "R":
                 priced = priced_json(
                     valid.canonical,
                     cost_nano_usd=valid.cost_nano_usd,
-                    included_nano_usd=included,
+                    included_nano_usd=int(included_text),
                     price_version=valid.price_version,
                     partition=valid.record.partition,
                     offset=valid.record.offset,
                 )
-                result.outputs.append(
-                    OutputMessage(self._topics.usage_priced, valid.event.org_id, priced)
-                )
+                outputs.append(OutputMessage(priced_topic, valid.event.org_id, priced))
                 result.accepted += 1
             elif code == "D":
                 result.duplicates += 1  # the same event, counted once (G1)
