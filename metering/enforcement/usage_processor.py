@@ -272,7 +272,7 @@ class UsageProcessor(BatchProcessor):
         outputs = result.outputs
         for valid, outcome in zip(events, outcomes, strict=True):
             code, _, included_text = outcome.partition("|")
-            if code == "A" or code == "R":
+            if code in {"A", "R"}:
                 priced = priced_json(
                     valid.canonical,
                     cost_nano_usd=valid.cost_nano_usd,
