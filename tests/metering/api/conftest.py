@@ -11,6 +11,8 @@ from fastapi.testclient import TestClient
 
 from metering.api.app import create_api
 from metering.api.tokens import issue
+from metering.clickhouse.migrations import migrate
+from metering.clickhouse.store import Store
 from tests.conftest import RunningStack
 from tests.e2e.pipeline import Pipeline, cleanup, new_pipeline
 from tests.e2e.scenario import account, new_org
@@ -71,4 +73,19 @@ def api_pipeline(
 @pytest.fixture(scope="module")
 def client(api_pipeline: Pipeline) -> Iterator[TestClient]:
     with TestClient(create_api(api_pipeline.settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """An embedded ClickHouse of the module's own, migrated."""
+    with Store(f"chdb://{tmp_path_factory.mktemp('api-store') / 'clickhouse'}") as opened:
+        migrate(opened)
+        yield opened
+
+
+@pytest.fixture(scope="module")
+def client_with_store(api_pipeline: Pipeline, store: Store) -> Iterator[TestClient]:
+    """The API of `client`, allowed to read ClickHouse (the page's chart, the exports)."""
+    with TestClient(create_api(api_pipeline.settings, store=store)) as test_client:
         yield test_client

@@ -29,6 +29,7 @@ from metering.clickhouse.migrations import migrate
 from metering.clickhouse.store import Store
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import new_org, spend
+from tests.helpers import wait_until
 from tests.metering.api.conftest import SECRET, bearer, token
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,15 +40,6 @@ DRY = "org_console_dry"  # self-serve, $1 of credits: zoe spends $2, so credits 
 # How long the gate may take to follow a form: the worker applies account events within
 # ~0.1 s here; the bound leaves room for a loaded CI machine. The measured time is printed.
 GATE_FOLLOWS_S = 3.0
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout_s: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return found
 
 
 @pytest.fixture(scope="module")

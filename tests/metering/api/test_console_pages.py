@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -18,7 +16,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from metering.api.app import create_api
-from metering.clickhouse.migrations import migrate
 from metering.clickhouse.queries import member_spend
 from metering.clickhouse.rows import USAGE_COLUMNS, usage_row
 from metering.clickhouse.store import Store
@@ -37,6 +34,7 @@ from schemas.money import format_usd, parse_usd
 from schemas.validation import encode_event, parse_usage_event
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import account, new_org
+from tests.helpers import wait_until
 from tests.metering.api.conftest import ORG_A, ORG_B, bearer, token
 from tests.metering.api.dom import Dom
 
@@ -111,25 +109,10 @@ class Scenario:
     documents: dict[str, Document]  # by id: org_a's two, org_b's one
 
 
-def wait_until(check: Any, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    with Store(f"chdb://{tmp_path_factory.mktemp('console') / 'clickhouse'}") as opened:
-        migrate(opened)
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def client(api_pipeline: Pipeline, store: Store) -> Iterator[TestClient]:
+def client(client_with_store: TestClient) -> TestClient:
     """Overrides conftest's: this app may read ClickHouse."""
-    with TestClient(create_api(api_pipeline.settings, store=store)) as test_client:
-        yield test_client
+    return client_with_store
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ Chromium."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -17,13 +15,13 @@ from fastapi.testclient import TestClient
 
 from metering.api.app import create_api
 from metering.api.page import NO_STORE_NOTE
-from metering.clickhouse.migrations import migrate
 from metering.clickhouse.rows import USAGE_COLUMNS, usage_row
 from metering.clickhouse.store import Store
 from metering.enforcement.records import SourceRecord, month_of, priced_json
 from schemas.validation import encode_event, parse_usage_event
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import new_org, spend
+from tests.helpers import wait_until
 from tests.metering.api.conftest import ORG_A, ORG_B, bearer, token
 from tests.metering.api.dom import Dom
 
@@ -72,25 +70,10 @@ def usage_json(client: TestClient, org: str, user: str) -> dict[str, Any]:
     return body
 
 
-def wait_until(check: Any, what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
-    with Store(f"chdb://{tmp_path_factory.mktemp('page') / 'clickhouse'}") as opened:
-        migrate(opened)
-        yield opened
-
-
-@pytest.fixture(scope="module")
-def client(api_pipeline: Pipeline, store: Store) -> Iterator[TestClient]:
-    """Overrides conftest's: this app may read ClickHouse, so the page has its chart."""
-    with TestClient(create_api(api_pipeline.settings, store=store)) as test_client:
-        yield test_client
+def client(client_with_store: TestClient) -> TestClient:
+    """Overrides conftest's: this app may read ClickHouse."""
+    return client_with_store
 
 
 @pytest.fixture(scope="module")
