@@ -23,6 +23,12 @@ from pydantic import BaseModel, ValidationError
 from metering.api.commands import append
 from metering.api.deps import OrgId, Services, Svc, UserId, owner, role_of
 from metering.api.models import CapChange, CreditPurchase
+from metering.api.notification_endpoints import (
+    EndpointChange,
+    get_endpoint,
+    remove_endpoint,
+    set_endpoint,
+)
 from metering.api.page import HEADERS, error_page, templates
 from metering.api.session import (
     COOKIE,
@@ -112,6 +118,13 @@ def _words(exc: HTTPException | ValidationError) -> str:
     return str(detail)
 
 
+def _request_id(given: str | None) -> str:
+    """The form's request id (its Idempotency-Key), or 400."""
+    if given is None or not REQUEST_ID.fullmatch(given):
+        raise HTTPException(400, "the form is incomplete: reload the page and try again")
+    return given
+
+
 async def _change(
     request: Request,
     svc: Services,
@@ -126,15 +139,12 @@ async def _change(
     try:
         session = await _session(request, svc, csrf)
         role = await owner(svc, session.caller, org_id)
-        if request_id is None or not REQUEST_ID.fullmatch(request_id):
-            raise HTTPException(400, "the form is incomplete: reload the page and try again")
+        key = _request_id(request_id)
     except HTTPException as exc:
         return error_page(exc)
     try:
         kind, data, done = make()
-        await append(
-            svc, session.caller, role, org_id, kind=kind, data=data, idempotency_key=request_id
-        )
+        await append(svc, session.caller, role, org_id, kind=kind, data=data, idempotency_key=key)
     except (HTTPException, ValidationError) as exc:
         await svc.sessions.say(session, "error", f"Not changed: {_words(exc)}")
     else:
@@ -211,3 +221,64 @@ async def credits_form(
         return "credits.purchased", data, f"{shown} of credits bought — {TAKES_EFFECT}."
 
     return await _change(request, svc, org_id, csrf, request_id, make=make)
+
+
+class EndpointForm(BaseModel):
+    """The webhook endpoint form: a URL, and whether to issue a new signing secret."""
+
+    request_id: str | None = None
+    csrf: str | None = None
+    url: str | None = None
+    rotate_secret: str | None = None
+
+
+@router.post("/orgs/{org_id}/usage/notification-endpoint", response_class=HTMLResponse)
+async def endpoint_form(
+    request: Request, org_id: OrgId, svc: Svc, form: Annotated[EndpointForm, Form()]
+) -> Response:
+    """Register or replace the webhook endpoint: the API's `PUT …/notification-endpoint`
+    (same checks, same event); the signing secret is in the message, shown once."""
+    try:
+        session = await _session(request, svc, form.csrf)
+        await owner(svc, session.caller, org_id)
+        key = _request_id(form.request_id)
+    except HTTPException as exc:
+        return error_page(exc)
+    try:
+        body = EndpointChange.model_validate(
+            {"url": (form.url or "").strip(), "rotate_secret": bool(form.rotate_secret)}
+        )
+        registered = await set_endpoint(org_id, body, svc, session.caller, key=key)
+    except (HTTPException, ValidationError) as exc:
+        await svc.sessions.say(session, "error", f"Not changed: {_words(exc)}")
+    else:
+        secret = (
+            f" New signing secret (shown once, copy it now): {registered.secret}"
+            if registered.secret_rotated
+            else " The signing secret is unchanged."
+        )
+        await svc.sessions.say(
+            session, "done", f"Webhooks go to {registered.url} — {TAKES_EFFECT}.{secret}"
+        )
+    return _back(org_id)
+
+
+@router.post("/orgs/{org_id}/usage/notification-endpoint/remove", response_class=HTMLResponse)
+async def endpoint_removal_form(
+    request: Request, org_id: OrgId, svc: Svc, form: Annotated[CapForm, Form()]
+) -> Response:
+    """Stop sending webhooks: the API's `DELETE …/notification-endpoint`."""
+    try:
+        session = await _session(request, svc, form.csrf)
+        await owner(svc, session.caller, org_id)
+        key = _request_id(form.request_id)
+    except HTTPException as exc:
+        return error_page(exc)
+    try:
+        await get_endpoint(org_id, svc, session.caller)  # 404 when there is none
+        await remove_endpoint(org_id, svc, session.caller, key=key)
+    except HTTPException as exc:
+        await svc.sessions.say(session, "error", f"Not changed: {_words(exc)}")
+    else:
+        await svc.sessions.say(session, "done", "Webhooks are no longer sent.")
+    return _back(org_id)

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from billing.accounts import OrgAccount
 from metering.api.commands import append
-from metering.api.deps import IdempotencyKey, OrgId, Svc, Who, owner
+from metering.api.deps import IdempotencyKey, OrgId, Services, Svc, Who, owner
 from metering.api.models import Appended
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.state_codec import decode_account
@@ -96,6 +96,12 @@ async def _allowed(svc: Svc, url: str) -> None:
         await check_url(url)
     except AddressNotAllowed as exc:
         raise HTTPException(422, f"endpoint not allowed: {exc}") from None
+
+
+async def registered_url(svc: Services, org_id: str) -> str | None:
+    """The org's webhook endpoint, if one is registered (for the console)."""
+    state = decode_account(await svc.redis.get(OrgKeys(svc.prefix, org_id).account))
+    return state.webhook.url if state is not None and state.webhook is not None else None
 
 
 @router.put(ENDPOINT, response_model=EndpointRegistered, status_code=202)

@@ -32,6 +32,7 @@ from billing.entitlements import seat_includes
 from billing.rounding import dollars_and_cents, format_cents
 from metering.api.deps import MONTH, OrgId, Services, Svc, bearer, role_of
 from metering.api.models import MemberRow, UsageResponse
+from metering.api.notification_endpoints import registered_url
 from metering.api.routes import usage
 from metering.api.viewer import viewer
 from metering.clickhouse.deliveries import DeliveryAttempt, recent_deliveries
@@ -368,6 +369,7 @@ _ABSENT: dict[str, object] = {
     "breakdown_note": None,
     "documents": None,
     "documents_note": "",
+    "endpoint": None,
     "message": None,
     "signed_in": False,
 }
@@ -414,6 +416,7 @@ async def usage_page(
         attempts, attempts_note = await deliveries(svc, org_id)
         by_model, by_surface, breakdown_note = await breakdown(svc, org_id, view.month)
         documents, documents_note = await issued(svc, org_id)
+        endpoint = await registered_url(svc, org_id)
         context = {
             "chart": chart_,
             "note": note,
@@ -424,6 +427,7 @@ async def usage_page(
             "breakdown_note": breakdown_note,
             "documents": documents,
             "documents_note": documents_note,
+            "endpoint": endpoint,
         }
     session = seen.session
     message = await svc.sessions.said(session) if session else None

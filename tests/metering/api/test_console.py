@@ -300,3 +300,71 @@ def test_signing_out_ends_the_session(browser: TestClient, second: TestClient) -
     second.cookies.set("metering_session", str(kept))
     again = second.get(f"/orgs/{ORG}/usage")
     assert again.status_code == 401
+
+
+@pytest.fixture
+def private_ok(api_pipeline: Pipeline, orgs: None) -> Iterator[TestClient]:
+    """A browser on an API that lets webhooks go to loopback (local use, these tests)."""
+    settings = api_pipeline.settings.model_copy(update={"webhook_allow_private": True})
+    with TestClient(create_api(settings), follow_redirects=False) as client:
+        yield client
+
+
+def endpoint_of(client: TestClient) -> str | None:
+    answer = client.get(
+        f"/v1/orgs/{ORG}/notification-endpoint", headers=bearer(token(ORG, "owner"))
+    )
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, answer.text
+    url: str = answer.json()["url"]
+    return url
+
+
+def message_of(client: TestClient) -> str:
+    found = re.search(r'id="message"[^>]*>([^<]*)<', client.get(f"/orgs/{ORG}/usage").text)
+    assert found, "no message on the page"
+    return found.group(1)
+
+
+def test_owners_register_and_remove_the_webhook_endpoint_on_the_page(
+    private_ok: TestClient, browser: TestClient
+) -> None:
+    """The API's endpoint calls behind a form: the secret is shown once in the message
+    (the same again for a form sent twice), a refused URL changes nothing, removal
+    stops webhooks; without the session's CSRF token nothing happens."""
+    csrf = sign_in(private_ok, ORG, "owner")
+    path = f"/orgs/{ORG}/usage/notification-endpoint"
+    assert (
+        post(private_ok, path, request_id="req-hook-0", url="http://127.0.0.1:9/x").status_code
+        == 403
+    )
+
+    url = "http://127.0.0.1:9/hook"
+    secrets_shown = []
+    for _ in range(2):  # a double submit: one event, one secret
+        answer = post(private_ok, path, csrf=csrf, request_id="req-hook-1", url=url)
+        assert answer.status_code == 303, answer.text
+        shown = message_of(private_ok)
+        assert f"Webhooks go to {url}" in shown, shown
+        secrets_shown.append(re.findall(r"whsec_[A-Za-z0-9+/=]+", shown))
+    assert secrets_shown[0] and secrets_shown[0] == secrets_shown[1]
+    until(lambda: endpoint_of(private_ok) == url, "the endpoint registered")
+    assert f"<code>{url}</code>" in private_ok.get(f"/orgs/{ORG}/usage").text
+
+    # the default settings refuse loopback: a message, and the endpoint stays
+    refused_csrf = sign_in(browser, ORG, "owner")
+    answer = post(
+        browser, path, csrf=refused_csrf, request_id="req-hook-2", url="http://127.0.0.1:9/other"
+    )
+    assert answer.status_code == 303
+    assert "Not changed:" in message_of(browser)
+    time.sleep(1.0)
+    assert endpoint_of(private_ok) == url
+
+    removal = f"{path}/remove"
+    assert post(private_ok, removal, csrf=csrf, request_id="req-unhook-1").status_code == 303
+    assert message_of(private_ok) == "Webhooks are no longer sent."
+    until(lambda: endpoint_of(private_ok) is None, "the endpoint removed")
+    assert post(private_ok, removal, csrf=csrf, request_id="req-unhook-2").status_code == 303
+    assert "no notification endpoint is registered" in message_of(private_ok)
