@@ -2,10 +2,12 @@
 
 `GET /login/{link}` opens a session from a one-time login link (session.py); `POST
 /logout` ends it. The forms of the Usage page POST here — the org's cap, a member's cap,
-a credit purchase — each with the session's CSRF token and a per-render request id. A
-change is the very account event the API's routes append (`commands.append`, with the
-request id as its Idempotency-Key, so a form sent twice changes once); the answer is a
-redirect back to the page (POST-redirect-GET) carrying a message in the session.
+a credit purchase, the webhook endpoint — each with the session's CSRF token and a
+per-render request id, all through `_change` (the shared checks, then the change). A
+change is the very account event the API's routes append (`commands.append` or the
+endpoint routes' functions, with the request id as its Idempotency-Key, so a form sent
+twice changes once); the answer is a redirect back to the page (POST-redirect-GET)
+carrying a message in the session.
 
 Only a session may post: a form is what a browser sends, and the session is what its
 CSRF token is bound to. The role is read from the member list on every request.
@@ -14,6 +16,7 @@ CSRF token is bound to. The role is read from the member list on every request.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, HTTPException, Request
@@ -38,6 +41,7 @@ from metering.api.session import (
     read_link,
     set_session_cookie,
 )
+from schemas.account import Role
 from schemas.money import format_usd
 
 router = APIRouter(include_in_schema=False)
@@ -125,26 +129,32 @@ def _request_id(given: str | None) -> str:
     return given
 
 
+class _Form(BaseModel):
+    """What every owner form carries: the session's CSRF token and the render's request
+    id. Every field optional and unchecked by FastAPI (see FormField)."""
+
+    request_id: str | None = None
+    csrf: str | None = None
+
+
+# The change a form makes once its checks passed: given the session, the caller's role
+# and the request id (the Idempotency-Key), it appends and returns the message to show.
+Apply = Callable[[Session, Role, str], Awaitable[str]]
+
+
 async def _change(
-    request: Request,
-    svc: Services,
-    org_id: str,
-    csrf: str | None,
-    request_id: str | None,
-    *,
-    make: Any,
+    request: Request, svc: Services, org_id: str, form: _Form, apply: Apply
 ) -> Response:
-    """The checks every form shares, then the change: 401/403/404 as an error page (and
-    nothing changes); a refused change as a message on the page."""
+    """The checks every form shares, then the change: 401/403/404/400 as an error page
+    (and nothing changes); a refused change as a message on the page."""
     try:
-        session = await _session(request, svc, csrf)
+        session = await _session(request, svc, form.csrf)
         role = await owner(svc, session.caller, org_id)
-        key = _request_id(request_id)
+        key = _request_id(form.request_id)
     except HTTPException as exc:
         return error_page(exc)
     try:
-        kind, data, done = make()
-        await append(svc, session.caller, role, org_id, kind=kind, data=data, idempotency_key=key)
+        done = await apply(session, role, key)
     except (HTTPException, ValidationError) as exc:
         await svc.sessions.say(session, "error", f"Not changed: {_words(exc)}")
     else:
@@ -164,11 +174,9 @@ def _limit(limit: str | None, unlimited: str | None) -> tuple[str | None, str]:
     return format_usd(change.limit), f"${format_usd(change.limit)}"
 
 
-class CapForm(BaseModel):
+class CapForm(_Form):
     """A cap form's fields: `limit` in dollars, or `unlimited`."""
 
-    request_id: str | None = None
-    csrf: str | None = None
     limit: str | None = None
     unlimited: str | None = None
 
@@ -176,13 +184,16 @@ class CapForm(BaseModel):
 async def _set_cap(
     request: Request, svc: Services, org_id: str, user_id: str | None, form: CapForm
 ) -> Response:
-    def make() -> tuple[str, dict[str, Any], str]:
+    async def apply(session: Session, role: Role, key: str) -> str:
         value, said = _limit(form.limit, form.unlimited)
-        whose = "Organization cap" if user_id is None else f"Cap of {user_id}"
         data = {"user_id": user_id, "limit": value}
-        return "spend_cap.set", data, f"{whose} set to {said} — {TAKES_EFFECT}."
+        await append(
+            svc, session.caller, role, org_id, kind="spend_cap.set", data=data, idempotency_key=key
+        )
+        whose = "Organization cap" if user_id is None else f"Cap of {user_id}"
+        return f"{whose} set to {said} — {TAKES_EFFECT}."
 
-    return await _change(request, svc, org_id, form.csrf, form.request_id, make=make)
+    return await _change(request, svc, org_id, form, apply)
 
 
 @router.post("/orgs/{org_id}/usage/org-cap", response_class=HTMLResponse)
@@ -199,35 +210,39 @@ async def member_cap_form(
     return await _set_cap(request, svc, org_id, user_id, form)
 
 
+class CreditForm(_Form):
+    """A purchase: `amount` in dollars; its purchase id is `console-<request id>`."""
+
+    amount: str | None = None
+
+
 @router.post("/orgs/{org_id}/usage/credits", response_class=HTMLResponse)
 async def credits_form(
-    *,
-    request: Request,
-    org_id: OrgId,
-    svc: Svc,
-    request_id: FormField = None,
-    csrf: FormField = None,
-    amount: FormField = None,
+    request: Request, org_id: OrgId, svc: Svc, form: Annotated[CreditForm, Form()]
 ) -> Response:
-    def make() -> tuple[str, dict[str, Any], str]:
-        text = (amount or "").strip().removeprefix("$").replace(",", "")
+    async def apply(session: Session, role: Role, key: str) -> str:
+        text = (form.amount or "").strip().removeprefix("$").replace(",", "")
         if not text:
             raise HTTPException(422, "enter an amount in dollars (e.g. 100.00)")
-        purchase = CreditPurchase.model_validate(
-            {"purchase_id": f"console-{request_id}", "amount": text}
-        )
+        purchase = CreditPurchase.model_validate({"purchase_id": f"console-{key}", "amount": text})
         data = {"purchase_id": purchase.purchase_id, "amount": format_usd(purchase.amount)}
-        shown = f"${format_usd(purchase.amount)}"
-        return "credits.purchased", data, f"{shown} of credits bought — {TAKES_EFFECT}."
+        await append(
+            svc,
+            session.caller,
+            role,
+            org_id,
+            kind="credits.purchased",
+            data=data,
+            idempotency_key=key,
+        )
+        return f"${format_usd(purchase.amount)} of credits bought — {TAKES_EFFECT}."
 
-    return await _change(request, svc, org_id, csrf, request_id, make=make)
+    return await _change(request, svc, org_id, form, apply)
 
 
-class EndpointForm(BaseModel):
+class EndpointForm(_Form):
     """The webhook endpoint form: a URL, and whether to issue a new signing secret."""
 
-    request_id: str | None = None
-    csrf: str | None = None
     url: str | None = None
     rotate_secret: str | None = None
 
@@ -238,47 +253,31 @@ async def endpoint_form(
 ) -> Response:
     """Register or replace the webhook endpoint: the API's `PUT …/notification-endpoint`
     (same checks, same event); the signing secret is in the message, shown once."""
-    try:
-        session = await _session(request, svc, form.csrf)
-        await owner(svc, session.caller, org_id)
-        key = _request_id(form.request_id)
-    except HTTPException as exc:
-        return error_page(exc)
-    try:
+
+    async def apply(session: Session, _role: Role, key: str) -> str:
         body = EndpointChange.model_validate(
             {"url": (form.url or "").strip(), "rotate_secret": bool(form.rotate_secret)}
         )
         registered = await set_endpoint(org_id, body, svc, session.caller, key=key)
-    except (HTTPException, ValidationError) as exc:
-        await svc.sessions.say(session, "error", f"Not changed: {_words(exc)}")
-    else:
         secret = (
             f" New signing secret (shown once, copy it now): {registered.secret}"
             if registered.secret_rotated
             else " The signing secret is unchanged."
         )
-        await svc.sessions.say(
-            session, "done", f"Webhooks go to {registered.url} — {TAKES_EFFECT}.{secret}"
-        )
-    return _back(org_id)
+        return f"Webhooks go to {registered.url} — {TAKES_EFFECT}.{secret}"
+
+    return await _change(request, svc, org_id, form, apply)
 
 
 @router.post("/orgs/{org_id}/usage/notification-endpoint/remove", response_class=HTMLResponse)
 async def endpoint_removal_form(
-    request: Request, org_id: OrgId, svc: Svc, form: Annotated[CapForm, Form()]
+    request: Request, org_id: OrgId, svc: Svc, form: Annotated[_Form, Form()]
 ) -> Response:
     """Stop sending webhooks: the API's `DELETE …/notification-endpoint`."""
-    try:
-        session = await _session(request, svc, form.csrf)
-        await owner(svc, session.caller, org_id)
-        key = _request_id(form.request_id)
-    except HTTPException as exc:
-        return error_page(exc)
-    try:
+
+    async def apply(session: Session, _role: Role, key: str) -> str:
         await get_endpoint(org_id, svc, session.caller)  # 404 when there is none
         await remove_endpoint(org_id, svc, session.caller, key=key)
-    except HTTPException as exc:
-        await svc.sessions.say(session, "error", f"Not changed: {_words(exc)}")
-    else:
-        await svc.sessions.say(session, "done", "Webhooks are no longer sent.")
-    return _back(org_id)
+        return "Webhooks are no longer sent."
+
+    return await _change(request, svc, org_id, form, apply)
