@@ -259,12 +259,13 @@ async def endpoint_form(
             {"url": (form.url or "").strip(), "rotate_secret": bool(form.rotate_secret)}
         )
         registered = await set_endpoint(org_id, body, svc, session.caller, key=key)
-        secret = (
-            f" New signing secret (shown once, copy it now): {registered.secret}"
-            if registered.secret_rotated
-            else " The signing secret is unchanged."
+        # Always the secret in force, as the API answers: a form sent twice (a double
+        # click) shows only the second answer, whose request no longer rotates it.
+        which = "New signing secret" if registered.secret_rotated else "Signing secret"
+        return (
+            f"Webhooks go to {registered.url} — {TAKES_EFFECT}. {which} (shown only here, "
+            f"copy it now): {registered.secret}"
         )
-        return f"Webhooks go to {registered.url} — {TAKES_EFFECT}.{secret}"
 
     return await _change(request, svc, org_id, form, apply)
 
