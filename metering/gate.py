@@ -3,8 +3,10 @@
 Product services call it before every model request, so it reads Redis only, in one
 round trip — one EVALSHA of `enforcement/lua/gate_read.lua`, which reads the org's meta,
 the member, their cap, the balance and the month's spend together — and decides with
-the pure rules of `billing.enforcement`. The month is the clock's current UTC month: a
-new month starts with zero spend, which lifts cap blocks the moment it begins (R16).
+the pure rules of `billing.enforcement`, from the `OrgState` that reply is (the usage
+view and the members board decide from the same type, read whole). The month is the
+clock's current UTC month: a new month starts with zero spend, which lifts cap blocks
+the moment it begins (R16).
 """
 
 from __future__ import annotations
@@ -20,9 +22,8 @@ from billing.accounts import Member
 from billing.enforcement import Decision, GateState, decide
 from billing.pricing import PriceBook
 from metering.enforcement.keys import OrgKeys
+from metering.enforcement.org_state import OrgState, member_entry
 from metering.enforcement.records import month_of
-from metering.enforcement.state_codec import decode_member
-from schemas.account import BillingMode, Plan
 from schemas.usage import Surface
 
 READ_SCRIPT = (resources.files("metering.enforcement") / "lua" / "gate_read.lua").read_text()
@@ -88,30 +89,36 @@ class Gate:
         round trip (the HTTP gate asks for the caller's when a member asks about someone
         else, whose role then decides whether they may)."""
         now = self._clock()
+        month = month_of(now)
         keys = OrgKeys(self._prefix, org_id)
         reply = await self._run(
-            [keys.meta, keys.members, keys.caps, keys.balance, keys.spend(month_of(now))],
+            [keys.meta, keys.members, keys.caps, keys.balance, keys.spend(month)],
             [user_id, asker or ""],  # ids are never empty: "" is no one
         )
         # One string of eleven fields, empty for absent (gate_read.lua says why)
         fields = reply.split(b"\n")
         plan, billing_mode, extra_usage, org_cap, member_raw, cap, balance = fields[:7]
         org_spend, user_spend, allowance_used, asker_raw = fields[7:]
-        if not plan:
-            return GateReading(org_id, None)
-        member = decode_member(member_raw)
-        allowance = self._book.usage_allowance(member.seat, now.date()) if member else 0
-        state = GateState(
-            plan=Plan(plan.decode()),
-            billing_mode=BillingMode(billing_mode.decode()),
-            extra_usage=extra_usage == b"1",
-            seat=member.seat if member else None,
+        # The org's state as far as this member goes: the script read only their entries.
+        member = member_entry(member_raw)
+        state = OrgState.from_meta(
+            org_id,
+            month,
+            {
+                "plan": plan,
+                "billing_mode": billing_mode,
+                "extra_usage": extra_usage,
+                "org_cap": org_cap,
+            },
+            members={user_id: member} if member else {},
+            caps_nano_usd={user_id: int(cap)} if cap else {},
+            balance_nano_usd=_int(balance),
             org_spend_nano_usd=_int(org_spend),
-            org_cap_nano_usd=int(org_cap) if org_cap else None,
-            user_spend_nano_usd=_int(user_spend),
-            user_cap_nano_usd=int(cap) if cap else None,
-            credit_balance_nano_usd=_int(balance),
-            allowance_used_nano_usd=_int(allowance_used),
-            allowance_nano_usd=allowance,
+            user_spend_nano_usd={user_id: _int(user_spend)},
+            allowance_used_nano_usd={user_id: _int(allowance_used)},
         )
-        return GateReading(org_id, state, decode_member(asker_raw))
+        if state is None:
+            return GateReading(org_id, None)
+        return GateReading(
+            org_id, state.gate_state(user_id, self._book, now.date()), member_entry(asker_raw)
+        )

@@ -1,6 +1,7 @@
 """The usage view (R18): an org's month-to-date spend, caps and status, and each
-member's — read from Redis in one round trip (the enforcement state the gate uses, so a
-block shows the moment it happens). Members see only their own row."""
+member's — read from Redis in one round trip (`read_org_state`: the enforcement state
+the gate decides from, so a block shows the moment it happens). Members see only their
+own row."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from datetime import date, datetime
 
 from redis.asyncio import Redis
 
-from billing.enforcement import GateState, cap_reached, decide
+from billing.enforcement import cap_reached, decide
 from billing.pricing import PriceBook
-from metering.enforcement.keys import OrgKeys
+from metering.enforcement.org_state import read_org_state
 from metering.enforcement.records import month_of
-from metering.enforcement.state_codec import decode_member
-from schemas.account import BillingMode, Plan, SeatType
+from schemas.account import BillingMode, Plan
 from schemas.usage import Surface
 
 
@@ -64,56 +64,25 @@ def _lower(a: int | None, b: int | None) -> int | None:
 async def load_usage(
     client: Redis, book: PriceBook, org_id: str, month: str, *, now: datetime, prefix: str = ""
 ) -> OrgUsage:
-    keys = OrgKeys(prefix, org_id)
-    pipe = client.pipeline(transaction=False)
-    pipe.hmget(keys.meta, ["plan", "billing_mode", "extra_usage", "org_cap"])
-    pipe.hgetall(keys.members)
-    pipe.hgetall(keys.caps)
-    pipe.get(keys.balance)
-    pipe.hgetall(keys.spend(month))
-    (
-        (plan_raw, mode_raw, extra_raw, org_cap_raw),
-        members_raw,
-        caps_raw,
-        balance_raw,
-        spend_raw,
-    ) = await pipe.execute()
-    if plan_raw is None:
+    state = await read_org_state(client, prefix, org_id, month)
+    if state is None:
         raise UnknownOrg(org_id)
-    plan, mode = Plan(plan_raw.decode()), BillingMode(mode_raw.decode())
-    spend = {k.decode(): int(v) for k, v in spend_raw.items()}
-    caps = {k.decode(): int(v) for k, v in caps_raw.items()}
-    members = {k.decode(): decode_member(v) for k, v in members_raw.items()}
-    org_cap = int(org_cap_raw) if org_cap_raw is not None else None
-    balance = int(balance_raw) if balance_raw is not None else 0
     current = month == month_of(now)
-    spenders = {field[2:] for field in spend if field.startswith("u:")}
-    seat_based = plan is Plan.SEAT_BASED
+    seat_based = state.plan is Plan.SEAT_BASED
     # A closed month's allowance is the one of its first day (year 0000 is a valid
     # YYYY-MM to the API, not to `date`: the earliest day there is).
     as_of = now.date() if current else date(max(int(month[:4]), 1), int(month[5:]), 1)
+    caps, org_cap = state.caps_nano_usd, state.org_cap_nano_usd
     rows = []
-    for user in sorted(set(members) | spenders):
-        member = members.get(user)
+    for user in sorted(set(state.members) | state.spenders):
+        member = state.members.get(user)
         allowance = book.usage_allowance(member.seat, as_of) if member and seat_based else None
-        used = spend.get(f"a:{user}", 0) if allowance is not None else None
+        used = state.allowance_used_nano_usd.get(user, 0) if allowance is not None else None
         allowed: bool | None = None
         reason: str | None = None
         if current:
             decision = decide(
-                GateState(
-                    plan=plan,
-                    billing_mode=mode,
-                    extra_usage=extra_raw == b"1",
-                    seat=member.seat if member else None,
-                    org_spend_nano_usd=spend.get("org", 0),
-                    org_cap_nano_usd=org_cap,
-                    user_spend_nano_usd=spend.get(f"u:{user}", 0),
-                    user_cap_nano_usd=caps.get(user),
-                    credit_balance_nano_usd=balance,
-                    allowance_used_nano_usd=spend.get(f"a:{user}", 0),
-                    allowance_nano_usd=_allowance(book, member.seat, now) if member else 0,
-                ),
+                state.gate_state(user, book, now.date()),
                 Surface.CHAT_WEB,  # every seat includes chat: status is about caps/credits
             )
             allowed = decision.allowed
@@ -123,7 +92,7 @@ async def load_usage(
                 user_id=user,
                 role=member.role.value if member else None,
                 seat_type=member.seat.value if member else None,
-                spend_nano_usd=spend.get(f"u:{user}", 0),
+                spend_nano_usd=state.user_spend_nano_usd.get(user, 0),
                 cap_nano_usd=caps.get(user),
                 effective_limit_nano_usd=_lower(caps.get(user), org_cap),
                 allowed=allowed,
@@ -135,15 +104,13 @@ async def load_usage(
     return OrgUsage(
         org_id=org_id,
         month=month,
-        plan=plan.value,
-        billing_mode=mode.value,
-        spend_nano_usd=spend.get("org", 0),
+        plan=state.plan.value,
+        billing_mode=state.billing_mode.value,
+        spend_nano_usd=state.org_spend_nano_usd,
         cap_nano_usd=org_cap,
-        cap_reached=cap_reached(spend.get("org", 0), org_cap),
-        credit_balance_nano_usd=balance if mode is BillingMode.SELF_SERVE else None,
+        cap_reached=cap_reached(state.org_spend_nano_usd, org_cap),
+        credit_balance_nano_usd=(
+            state.balance_nano_usd if state.billing_mode is BillingMode.SELF_SERVE else None
+        ),
         members=rows,
     )
-
-
-def _allowance(book: PriceBook, seat: SeatType, now: datetime) -> int:
-    return book.usage_allowance(seat, now.date())

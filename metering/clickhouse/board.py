@@ -4,7 +4,8 @@ Redis knows now — each member's cap and whether the gate lets them through (R1
 Spend is ClickHouse's (what the sink has stored); cap and status are live, from the
 enforcement state, so a block shows the moment it happens. Status is the gate's answer
 for chat, which every seat includes, so a seat's surface restrictions do not show as a
-block here."""
+block here: the gate's rules (`billing.enforcement.decide`) applied to the org's state
+read once (`read_org_state`), not one gate call per member."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from billing.enforcement import Decision
+from billing.enforcement import decide
 from billing.pricing import PriceBook
 from metering.clickhouse.queries import member_spend
 from metering.clickhouse.store import Store
-from metering.enforcement.keys import OrgKeys
-from metering.gate import Gate, UnknownOrgError
+from metering.enforcement.org_state import read_org_state
+from metering.enforcement.records import month_of
 from schemas.usage import Surface
 
 
@@ -34,27 +35,26 @@ class MemberStatus:
 
 
 async def member_board(
-    store: Store, client: Redis, gate: Gate, org_id: str, month: str, *, prefix: str = ""
+    store: Store,
+    client: Redis,
+    book: PriceBook,
+    org_id: str,
+    month: str,
+    *,
+    now: datetime,
+    prefix: str = "",
 ) -> list[MemberStatus]:
-    """Every member (and anyone who spent this month), biggest spender first."""
+    """Every member (and anyone who spent in `month`), biggest spender first. Status is
+    about `now`, as the gate's is, whatever month the spend is of."""
     spends = {s.key: s for s in await asyncio.to_thread(member_spend, store, org_id, month)}
-    keys = OrgKeys(prefix, org_id)
-    pipe = client.pipeline(transaction=False)
-    pipe.hkeys(keys.members)
-    pipe.hgetall(keys.caps)
-    raw_members, raw_caps = await pipe.execute()
-    caps = {user.decode(): int(cap) for user, cap in raw_caps.items()}
-    users = sorted(set(spends) | {m.decode() for m in raw_members})
-
-    async def status(user: str) -> Decision | None:
-        try:
-            return await gate.check(org_id, user, Surface.CHAT_WEB)
-        except UnknownOrgError:
-            return None
-
-    decisions = await asyncio.gather(*(status(user) for user in users))
+    state = await read_org_state(client, prefix, org_id, month_of(now))
+    caps = state.caps_nano_usd if state else {}
+    users = sorted(set(spends) | set(state.members if state else ()))
     board = []
-    for user, decision in zip(users, decisions, strict=True):
+    for user in users:
+        decision = (
+            decide(state.gate_state(user, book, now.date()), Surface.CHAT_WEB) if state else None
+        )
         spend = spends.get(user)
         board.append(
             MemberStatus(
@@ -77,8 +77,9 @@ def read_member_board(
     async def read() -> list[MemberStatus]:
         client = Redis.from_url(redis_url)
         try:
-            gate = Gate(client, book, lambda: datetime.now(UTC), prefix)
-            return await member_board(store, client, gate, org_id, month, prefix=prefix)
+            return await member_board(
+                store, client, book, org_id, month, now=datetime.now(UTC), prefix=prefix
+            )
         finally:
             await client.aclose()
 

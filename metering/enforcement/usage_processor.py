@@ -15,18 +15,14 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import Decimal
 from time import perf_counter
 from typing import Any
 
 import redis
 from redis.exceptions import ResponseError
 
-from billing.accounts import Member
 from billing.notifications import (
     CREDITS_PERIOD,
-    SpendSnapshot,
-    UserSpend,
     due_balance_levels,
     due_stops_and_resumes,
     due_thresholds,
@@ -37,6 +33,7 @@ from metering.enforcement.base import BatchProcessor
 from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix
 from metering.enforcement.notify import publish_due
+from metering.enforcement.org_state import OrgState, member_entry
 from metering.enforcement.records import (
     OutputMessage,
     SourceRecord,
@@ -44,9 +41,8 @@ from metering.enforcement.records import (
     priced_json,
 )
 from metering.enforcement.scripts import SentScriptCalls, run_pipelined_sync, usage_script
-from metering.enforcement.state_codec import decode_member
 from metering.metrics import REDIS_APPLY_USAGE
-from schemas.account import BillingMode, Plan, SeatType
+from schemas.account import BillingMode, SeatType
 from schemas.money import MAX_EVENT_COST_NANO_USD, MAX_TOTAL_NANO_USD, format_usd
 from schemas.usage import UsageFacts
 from schemas.usage_fast import canonical_usage_json, parse_usage_fast
@@ -102,6 +98,38 @@ def _may_notify(state: dict[str, Any], balance_alert_nano_usd: int) -> bool:
     )
 
 
+def _touched_state(
+    org_id: str, month: str, state: dict[str, Any], numbers: dict[str, Any]
+) -> OrgState:
+    """The org's state for `month` as the script's reply carries it (the numbers it read
+    back after its writes, so no second read): meta and balance whole, members, caps and
+    spend of the users the batch's events touched that month only — the users the
+    snapshot is about. Built per org and month, not per event."""
+    members, caps, billed, used = {}, {}, {}, {}
+    for user_id, u in numbers["users"].items():
+        member = member_entry(u["member"] or None)  # cjson: absent is false
+        if member is not None:
+            members[user_id] = member
+        if u["cap"]:
+            caps[user_id] = int(u["cap"])
+        billed[user_id] = int(u["spend"])
+        used[user_id] = int(u["allowance_used"])
+    touched = OrgState.from_meta(
+        org_id,
+        month,
+        state["meta"],
+        members=members,
+        caps_nano_usd=caps,
+        balance_nano_usd=int(state["balance"]),
+        org_spend_nano_usd=int(numbers["org"]),
+        user_spend_nano_usd=billed,
+        allowance_used_nano_usd=used,
+    )
+    if touched is None:  # the script reports months only once it has seen a plan
+        raise RuntimeError(f"the usage script reported spend of {org_id}, an org without a plan")
+    return touched
+
+
 class UsageProcessor(BatchProcessor):
     _redis: redis.Redis
     # Seat allowances by day: the price book is immutable for the process's lifetime.
@@ -117,8 +145,6 @@ class UsageProcessor(BatchProcessor):
         super().__init__(client, *args, **kwargs)
         self._script = usage_script(client)
         self._allowances = {}
-        self._member_allowances: dict[tuple[str, date], int] = {}
-        self._parsed_thresholds: dict[str, tuple[Decimal, ...]] = {}
         self._received: tuple[int, datetime] = (-1, datetime.min)
         self._balance_levels = balance_levels_nano_usd
 
@@ -305,51 +331,16 @@ class UsageProcessor(BatchProcessor):
                 }[code]
                 self._reject(result, valid.record, reason.value, detail, valid.event.event_id)
 
-    def _allowance(self, raw_member: str | None, day: date) -> int:
-        """The member's monthly seat allowance (0 if not a member); the price book and
-        the few seat|role strings are fixed, so the answers are kept."""
-        key = (raw_member or "", day)
-        allowance = self._member_allowances.get(key)
-        if allowance is None:
-            member: Member | None = decode_member(raw_member or None)
-            allowance = self._book.usage_allowance(member.seat, day) if member else 0
-            self._member_allowances[key] = allowance
-        return allowance
-
-    def _thresholds(self, raw: str) -> tuple[Decimal, ...]:
-        thresholds = self._parsed_thresholds.get(raw)
-        if thresholds is None:
-            thresholds = self._parsed_thresholds[raw] = tuple(Decimal(t) for t in json.loads(raw))
-        return thresholds
-
     def _notifications(
         self, org_id: str, events: list[_Valid], state: dict[str, Any], result: BatchResult
     ) -> None:
         meta = state["meta"]
         recorded_stops = _as_set(state["stopped"])
         for month, numbers in sorted(state["months"].items()):
+            touched = _touched_state(org_id, month, state, numbers)
+            # Allowances of the month's first day, as the account processor's snapshots.
             day = date.fromisoformat(f"{month}-01")
-            users = {}
-            for user_id, u in numbers["users"].items():
-                users[user_id] = UserSpend(
-                    spend_nano_usd=int(u["spend"]),
-                    cap_nano_usd=int(u["cap"]) if u["cap"] else None,
-                    allowance_used_nano_usd=int(u["allowance_used"]),
-                    allowance_nano_usd=self._allowance(u["member"], day),
-                )
-            snapshot = SpendSnapshot(
-                org_id=org_id,
-                month=month,
-                plan=Plan(meta["plan"]),
-                billing_mode=BillingMode(meta["billing_mode"]),
-                extra_usage=meta.get("extra_usage") == "1",
-                thresholds=self._thresholds(meta["thresholds"]),
-                org_spend_nano_usd=int(numbers["org"]),
-                org_cap_nano_usd=int(meta["org_cap"]) if meta.get("org_cap") else None,
-                balance_nano_usd=int(state["balance"]),
-                purchases=int(meta.get("purchases", "0")),
-                users=users,
-            )
+            snapshot = touched.spend_snapshot(self._book, day, numbers["users"])
             thresholds = due_thresholds(snapshot, _as_set(numbers["notified"]))
             stopped, resumed = due_stops_and_resumes(
                 snapshot, recorded_stops, evaluated_scopes(snapshot)
