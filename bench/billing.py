@@ -14,8 +14,8 @@ Method:
      = its members' seats), one `member.added` per member, and for self-serve orgs one
      `credits.purchased` when created plus 1–3 during the billed month. Each event is
      validated into the schema model and folded with `billing.accounts` to get the row's
-     `after` state, exactly as the sink's ledger fold writes it (`account_row`); one org
-     = one partition of 12, offsets in log (time) order;
+     `after` state, as the account processor's outcome record carries it and the sink
+     stores it (`account_row`); one org = one partition of 12, offsets in log order;
    - the usage (`usage_events`): EVENTS rows in the billed month by LOAD_CHUNKS
      `INSERT … SELECT … FROM numbers(…)` statements as in bench/clickhouse.py — the org
      drawn with the same skew (org n gets a share ∝ (n+1)^0.4 − n^0.4: the biggest
@@ -78,10 +78,17 @@ from metering.clickhouse.rows import ACCOUNT_COLUMNS, account_row
 from metering.clickhouse.store import Store
 from metering.documents.batch import BatchReport, BillingBatch
 from metering.documents.watermarks import Watermarks
-from metering.enforcement.records import SourceRecord
 from metering.settings import Settings
 from metering.traffic import MODEL_WEIGHTS, SURFACE_WEIGHTS
-from schemas.account import ACCOUNT_EVENT_ADAPTER, AccountEvent, BillingMode, Plan, Role, SeatType
+from schemas.account import (
+    ACCOUNT_EVENT_ADAPTER,
+    AccountEvent,
+    AccountOutcome,
+    BillingMode,
+    Plan,
+    Role,
+    SeatType,
+)
 from schemas.documents import DocumentKind
 from schemas.money import NANOS_PER_USD
 
@@ -220,9 +227,7 @@ def _org_events(org: _Org) -> Iterator[dict[str, Any]]:
         }
 
 
-def _ledger(
-    orgs: list[_Org], topic: str, month_start: datetime
-) -> tuple[list[tuple[Any, ...]], Watermarks]:
+def _ledger(orgs: list[_Org], month_start: datetime) -> tuple[list[tuple[Any, ...]], Watermarks]:
     """The account rows in log order (each org in partition n % 12), and the account
     watermarks at the start of the billed month (the previous month's document)."""
     events: list[tuple[datetime, int, AccountEvent]] = []
@@ -238,14 +243,21 @@ def _ledger(
     for occurred, n, event in events:
         partition = n % PARTITIONS
         received_ms = int(occurred.timestamp() * 1000) + 50
-        source = SourceRecord(
-            topic, partition, offsets[partition], event.org_id.encode(), None, received_ms
-        )
         after = next_state(states.get(event.org_id), event)
         if isinstance(after, Rejected):
             raise RuntimeError(f"fixture event {event.event_id} is refused: {after.detail}")
         states[event.org_id] = after
-        rows.append(account_row(event, after=after, rejection=None, source=source))
+        outcome = AccountOutcome(
+            event=event,
+            status="accepted",
+            reason="",
+            plan=after.plan,
+            billing_mode=after.billing_mode,
+            received_at=datetime.fromtimestamp(received_ms / 1000, tz=UTC),
+            source_partition=partition,
+            source_offset=offsets[partition],
+        )
+        rows.append(account_row(outcome))
         offsets[partition] += 1
         if occurred < month_start:
             before_month[partition] = offsets[partition]
@@ -359,7 +371,7 @@ def _load(store: Store, settings: Settings, book: PriceBook, now: datetime) -> _
     month, previous = _months(now)
     started = time.perf_counter()
     orgs = _orgs(month, previous, random.Random(SEED))
-    rows, previous_marks = _ledger(orgs, settings.topics.account_events, _month_start(month))
+    rows, previous_marks = _ledger(orgs, _month_start(month))
     for begin in range(0, len(rows), ACCOUNT_INSERT_ROWS):
         store.insert("account_events", rows[begin : begin + ACCOUNT_INSERT_ROWS], ACCOUNT_COLUMNS)
     ledger_s = time.perf_counter() - started

@@ -112,7 +112,6 @@ class BatchLoop:
         max_in_flight: int = 2,
         on_batch: Callable[[int], None] | None = None,
         on_lag: Callable[[int], None] | None = None,
-        on_assign: Callable[[Consumer, list[TopicPartition]], None] | None = None,
         consume_gap_s: float = CONSUME_GAP_S,
         in_flight_poll_s: float = IN_FLIGHT_POLL_S,
     ) -> None:
@@ -124,7 +123,6 @@ class BatchLoop:
         self._on_batch = on_batch  # told each batch's size as it is consumed (metrics)
         self._on_lag = on_lag  # told the lag every LAG_REFRESH_S (metrics)
         self._lag_reported = 0.0
-        self._on_assign = on_assign  # e.g. the sink reloads its ledger fold
         self._consume_gap_s = consume_gap_s
         # Batches in flight: how long a consume call waits before the loop looks at their
         # settlement again (short when settling is near: acks; longer for a linger).
@@ -157,12 +155,7 @@ class BatchLoop:
             self._consumer.close()  # leaves the group; commits nothing (auto-commit off)
 
     def subscribe(self) -> None:
-        if self._on_assign is not None:
-            self._consumer.subscribe(
-                self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke
-            )
-        else:
-            self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
+        self._consumer.subscribe(self._topics, on_revoke=self._on_revoke)
 
     def give_up(self) -> None:
         """Drop every batch in flight, uncommitted: after an error, nothing more of them

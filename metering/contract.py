@@ -32,7 +32,7 @@ from billing.pricing import PriceBook, default_price_book_text
 from metering.settings import Settings
 from metering.topics import TopicNames
 from schemas import export
-from schemas.account import ACCOUNT_EVENT_MODELS, BillingMode, Plan, Role, SeatType
+from schemas.account import ACCOUNT_EVENT_MODELS, AccountOutcome, BillingMode, Plan, Role, SeatType
 from schemas.documents import (
     CreditStatement,
     Document,
@@ -87,6 +87,7 @@ def _code(text: object) -> str:
 _TOPIC_VALUES: dict[str, tuple[str, str]] = {
     "usage_events": ("usage_event.v1.json", "product services (the emitter SDK)"),
     "account_events": ("account_event.v1.json", "owners (HTTP API), sales and operations"),
+    "account_outcomes": ("account_outcome.v1.json", "`metering worker`"),
     "usage_priced": ("priced_usage.v1.json", "`metering worker`"),
     "usage_deadletter": ("dead_letter.v1.json", "`metering worker`, the ClickHouse sink"),
     "notifications": ("notification.v1.json", "`metering worker`"),
@@ -204,6 +205,7 @@ def account_events_block(_here: Path) -> str:
 def outputs_block(_here: Path) -> str:
     models: list[tuple[str, type[BaseModel]]] = [
         ("`usage.events.v1`", UsageEvent),
+        ("`account.outcomes.v1`", AccountOutcome),
         ("`usage.priced.v1`", PricedUsage),
         ("`usage.deadletter.v1`", DeadLetter),
         ("`billing.notifications.v1`", Notification),
@@ -335,6 +337,7 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "event_id_conflict": "an `event_id` seen before with a different payload",
         "invalid_priced_record": "a `usage.priced.v1` record the sink cannot read",
         "invalid_document_record": "a `billing.documents.v1` record the sink cannot read",
+        "invalid_outcome_record": "an `account.outcomes.v1` record the sink cannot read",
         "amount_out_of_range": "counting the event would take a month's spend, a member's "
         "total or the balance past $1,000,000,000, or it alone costs more than $1,000,000: "
         "nothing counted",

@@ -146,6 +146,16 @@ class Settings(BaseSettings):
             (self.usage_group_id, self.topics.usage_events),
         )
 
+    def sink_inputs(self) -> tuple[str, ...]:
+        """The topics the ClickHouse sink stores (its consumer group: `sink_group_id`)."""
+        topics = self.topics
+        return (
+            topics.usage_priced,
+            topics.account_outcomes,
+            topics.documents,
+            topics.notification_deliveries,
+        )
+
     # The ClickHouse sink (README › ClickHouse): its consumer group, batch bounds, and
     # whether `metering worker` runs it (as a child process).
     sink_group_id: str = Field(
@@ -269,21 +279,6 @@ class Settings(BaseSettings):
     smtp_from: str = Field(
         default="Usage metering <notifications@localhost>",
         description="the From address of notification emails",
-    )
-    # Fault injection for the crash tests only: exit after this many stored batches,
-    # between the insert and the offset commit (0: never).
-    sink_exit_after_batches: int = Field(
-        default=0,
-        description="fault injection for tests: the sink exits after storing this many "
-        "batches, before committing the last",
-        json_schema_extra={"shown": "`0` (off)"},
-    )
-    # The same for `billing run`: exit after publishing a month's documents, before
-    # storing them in ClickHouse.
-    billing_exit_after_publish: bool = Field(
-        default=False,
-        description="fault injection for tests: `billing run` exits after publishing a "
-        "month's documents, before storing them",
     )
 
     def environment(self) -> dict[str, str]:

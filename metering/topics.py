@@ -24,6 +24,7 @@ from metering import kafka_clients
 
 USAGE_EVENTS = "usage.events.v1"
 ACCOUNT_EVENTS = "account.events.v1"
+ACCOUNT_OUTCOMES = "account.outcomes.v1"
 USAGE_PRICED = "usage.priced.v1"
 USAGE_DEADLETTER = "usage.deadletter.v1"
 NOTIFICATIONS = "billing.notifications.v1"
@@ -63,6 +64,10 @@ class TopicNames:
         return self.namespace + ACCOUNT_EVENTS
 
     @property
+    def account_outcomes(self) -> str:
+        return self.namespace + ACCOUNT_OUTCOMES
+
+    @property
     def usage_priced(self) -> str:
         return self.namespace + USAGE_PRICED
 
@@ -94,6 +99,12 @@ class TopicNames:
         return (
             TopicSpec(self.usage_events, "raw usage events from product services", _INPUT),
             TopicSpec(self.account_events, "org/member/seat/cap/credit/contract changes", _INPUT),
+            TopicSpec(
+                self.account_outcomes,
+                "each account event's outcome (accepted, or rejected and why) and the org's "
+                "plan after it (written by the pipeline)",
+                _FOREVER,
+            ),
             TopicSpec(
                 self.usage_priced, "accepted, priced usage (written by the pipeline)", _FOREVER
             ),

@@ -275,3 +275,24 @@ ACCOUNT_EVENT_MODELS: tuple[type[_Envelope], ...] = get_args(get_args(AccountEve
 ACCOUNT_EVENT_TYPES: tuple[str, ...] = tuple(
     get_args(model.model_fields["type"].annotation)[0] for model in ACCOUNT_EVENT_MODELS
 )
+
+
+class AccountOutcome(Contract):
+    """`account.outcomes.v1`: what the account processor decided for the first occurrence
+    of an account event's `event_id` — accepted, or rejected with the reason code — and
+    the org's plan and billing mode after it (before it, when rejected; none before the
+    org exists). The ClickHouse ledger (`account_events`) stores these as they are, so
+    it can never disagree with the enforcement state. A replay after a crash publishes
+    the same record again, byte for byte; duplicates and `event_id` conflicts have none
+    (the first occurrence decided), nor has input that is not an account event (it is
+    dead-lettered).
+    """
+
+    event: AccountEvent
+    status: Literal["accepted", "rejected"]
+    reason: str  # a reason code (docs/contract.md › Reason codes), "" when accepted
+    plan: Plan | None
+    billing_mode: BillingMode | None
+    received_at: UtcDatetime  # the event's append time on account.events.v1
+    source_partition: int
+    source_offset: int

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from schemas.account import ACCOUNT_EVENT_ADAPTER
+from schemas.account import ACCOUNT_EVENT_ADAPTER, AccountOutcome
 from schemas.documents import CreditStatement, Document, IssuedDocumentRecord
 from schemas.outputs import (
     DeadLetter,
@@ -34,8 +34,9 @@ def generated() -> dict[str, str]:
         # Inputs (usage.events.v1, account.events.v1)
         "usage_event.v1.json": TypeAdapter(UsageEvent),
         "account_event.v1.json": ACCOUNT_EVENT_ADAPTER,
-        # Outputs (usage.priced.v1, usage.deadletter.v1, billing.notifications.v1,
-        # billing.documents.v1) and the document files of `billing run`
+        # Outputs (account.outcomes.v1, usage.priced.v1, usage.deadletter.v1,
+        # billing.notifications.v1, billing.documents.v1) and `billing run`'s documents
+        "account_outcome.v1.json": TypeAdapter(AccountOutcome),
         "priced_usage.v1.json": TypeAdapter(PricedUsage),
         "dead_letter.v1.json": TypeAdapter(DeadLetter),
         "notification.v1.json": TypeAdapter(Notification),

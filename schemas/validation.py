@@ -49,6 +49,7 @@ class Reason(StrEnum):
     EVENT_ID_CONFLICT = "event_id_conflict"  # same event_id, different payload (processor)
     INVALID_PRICED_RECORD = "invalid_priced_record"  # usage.priced.v1 not written by us (sink)
     INVALID_DOCUMENT_RECORD = "invalid_document_record"  # billing.documents.v1 likewise
+    INVALID_OUTCOME_RECORD = "invalid_outcome_record"  # account.outcomes.v1 likewise
     # A counter would pass its bound (schemas.money), or one event costs more than one may
     # (usage processor); nothing was counted.
     AMOUNT_OUT_OF_RANGE = "amount_out_of_range"

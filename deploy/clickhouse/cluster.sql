@@ -1,8 +1,8 @@
 -- The metering schema for a replicated, sharded ClickHouse cluster.
 --
 -- Same tables, columns, keys and views as the single-node migrations in
--- schemas/clickhouse/ (001_usage_events, 002_usage_rollups, 003_account_events), laid out
--- for a cluster (deploy/clickhouse/README.md):
+-- schemas/clickhouse/ (001 to 006), laid out for a cluster (deploy/clickhouse/README.md;
+-- tests/deploy/test_cluster_sql.py checks that the two agree):
 --   * `<name>_local`: the data, Replicated*MergeTree, one replica set per shard;
 --   * `<name>`: a Distributed table over the `_local` tables under the public name, so
 --     the app, the dashboards and docs/dashboards.md use the same SQL as on one node;
@@ -152,10 +152,64 @@ ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/acc
 PARTITION BY toYYYYMM(occurred_at)
 ORDER BY (org_id, event_id);
 
+-- 005_documents -------------------------------------------------------------------------
+
+-- Issued documents, immutable: the writers (`billing run`, the sink) store a document_id
+-- once (they check first); ReplacingMergeTree by (org_id, document_id) is the safety net,
+-- exact per shard because org_id is the sharding key.
+CREATE TABLE IF NOT EXISTS metering.documents_local ON CLUSTER '{cluster}'
+(
+    document_id        String,
+    org_id             String,
+    kind               LowCardinality(String),
+    period_start       Date,
+    period_end         Date,
+    issued_at          DateTime64(6, 'UTC'),
+    total_cents        Int64,
+    body               String,
+    origin             Enum8('batch' = 1, 'account_event' = 2),
+    usage_watermarks   Array(UInt64),
+    account_watermarks Array(UInt64),
+    inserted_at        DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/documents_local', '{replica}')
+ORDER BY (org_id, document_id);
+
+-- 006_notification_deliveries -----------------------------------------------------------
+
+-- Every delivery attempt of `metering notifier`. A record the sink stores twice collapses
+-- under FINAL, which the queries use: per shard, so exact as an org's rows are on one.
+CREATE TABLE IF NOT EXISTS metering.notification_deliveries_local ON CLUSTER '{cluster}'
+(
+    delivery_id        String,
+    notification_id    String,
+    org_id             String,
+    kind               LowCardinality(String),
+    subject            String,
+    channel            LowCardinality(String),
+    drive              String,
+    step               UInt32,
+    attempt            UInt32,
+    status             LowCardinality(String),
+    endpoint           String,
+    response_status    Nullable(UInt16),
+    latency_ms         Nullable(UInt32),
+    error              String,
+    attempted_at       DateTime64(3, 'UTC'),
+    next_attempt_at    Nullable(DateTime64(3, 'UTC')),
+    source_partition   UInt32,
+    source_offset      UInt64,
+    inserted_at        DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/notification_deliveries_local', '{replica}')
+PARTITION BY toYYYYMM(attempted_at)
+ORDER BY (org_id, notification_id, channel, drive, step);
+
 -- The public names: Distributed tables, one shard per cityHash64(org_id) ----------------
--- The sink inserts into usage_events and account_events (insert_distributed_sync = 1,
--- see the README); the rollups are only read through these (their rows are written by
--- the views above, on the events' shard, so the sharding key matches).
+-- The sink inserts into usage_events, account_events, documents and
+-- notification_deliveries, `billing run` into documents (insert_distributed_sync = 1, see
+-- the README); the rollups are only read through these (their rows are written by the
+-- views above, on the events' shard, so the sharding key matches).
 
 CREATE TABLE IF NOT EXISTS metering.usage_events ON CLUSTER '{cluster}'
 AS metering.usage_events_local
@@ -172,6 +226,14 @@ ENGINE = Distributed('{cluster}', 'metering', 'usage_monthly_local', cityHash64(
 CREATE TABLE IF NOT EXISTS metering.account_events ON CLUSTER '{cluster}'
 AS metering.account_events_local
 ENGINE = Distributed('{cluster}', 'metering', 'account_events_local', cityHash64(org_id));
+
+CREATE TABLE IF NOT EXISTS metering.documents ON CLUSTER '{cluster}'
+AS metering.documents_local
+ENGINE = Distributed('{cluster}', 'metering', 'documents_local', cityHash64(org_id));
+
+CREATE TABLE IF NOT EXISTS metering.notification_deliveries ON CLUSTER '{cluster}'
+AS metering.notification_deliveries_local
+ENGINE = Distributed('{cluster}', 'metering', 'notification_deliveries_local', cityHash64(org_id));
 
 -- Credit movements of prepaid orgs, over the Distributed tables. FINAL is applied on each
 -- shard, which is exact because an org's account events all live on one shard.

@@ -134,7 +134,7 @@ def _emitter(settings: Settings) -> Emitter:
 def _lag(settings: Settings) -> int:
     """Records the processors, then the ClickHouse sink, have not committed yet."""
     topics, bootstrap = settings.topics, settings.kafka_bootstrap
-    sink = [topics.usage_priced, topics.account_events]
+    sink = [topics.usage_priced, topics.account_outcomes]
     return groups_lag(bootstrap, settings.worker_inputs()) + consumer_lag(
         bootstrap, settings.sink_group_id, sink
     )

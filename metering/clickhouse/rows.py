@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from billing.accounts import OrgAccount
+from pydantic import ValidationError
+
 from metering.enforcement.records import SourceRecord
 from schemas.account import (
-    AccountEvent,
+    AccountOutcome,
     CreditsPurchased,
     MemberAdded,
     MemberRemoved,
@@ -99,14 +100,23 @@ def usage_row(record: SourceRecord) -> tuple[Any, ...]:
         raise BadPricedRecord(f"not a priced usage record: {exc}") from exc
 
 
-def account_row(
-    event: AccountEvent,
-    *,
-    after: OrgAccount | None,
-    rejection: str | None,
-    source: SourceRecord,
-) -> tuple[Any, ...]:
+class BadOutcomeRecord(ValueError):
+    """An account.outcomes.v1 record that is not an AccountOutcome (only a foreign writer
+    makes one)."""
+
+
+def outcome_row(record: SourceRecord) -> tuple[Any, ...]:
+    """The `account_events` row of an `account.outcomes.v1` record."""
+    try:
+        outcome = AccountOutcome.model_validate_json(record.value or b"")
+    except ValidationError as exc:
+        raise BadOutcomeRecord(str(exc).splitlines()[0]) from exc
+    return account_row(outcome)
+
+
+def account_row(outcome: AccountOutcome) -> tuple[Any, ...]:
     """One `account_events` row: the event, its outcome and the org's plan after it."""
+    event = outcome.event
     data = event.data
     user_id = seat_type = quantity = amount = cap = None
     if isinstance(event, MemberAdded | MemberRemoved):
@@ -125,18 +135,18 @@ def account_row(
         event.actor.user_id if event.actor else None,
         event.actor.role.value if event.actor else None,
         data.model_dump_json(),
-        "rejected" if rejection else "accepted",
-        rejection or "",
+        outcome.status,
+        outcome.reason,
         user_id,
         seat_type,
         quantity,
         amount,
         cap,
-        after.plan.value if after else None,
-        after.billing_mode.value if after else None,
-        source.received_at,
-        source.partition,
-        source.offset,
+        outcome.plan.value if outcome.plan else None,
+        outcome.billing_mode.value if outcome.billing_mode else None,
+        outcome.received_at,
+        outcome.source_partition,
+        outcome.source_offset,
     )
 
 

@@ -1,7 +1,9 @@
-"""The ClickHouse sink: `usage.priced.v1` → `usage_events` (+ rollups by materialized
-views), `account.events.v1` → `account_events` (the ledger) and the seat invoices its
-accepted events create, `billing.documents.v1` → `documents` (what `billing run` issued),
-`billing.notification_deliveries.v1` → `notification_deliveries` (the notifier's attempts).
+"""The ClickHouse sink stores what it reads, deciding nothing: `usage.priced.v1` →
+`usage_events` (+ rollups by materialized views), `account.outcomes.v1` →
+`account_events` (the ledger: each account event with the outcome the account processor
+decided), `billing.documents.v1` → `documents` (what `billing run` issued and the seat
+invoices the account processor issued), `billing.notification_deliveries.v1` →
+`notification_deliveries` (the notifier's attempts).
 
 Exactly once in query results, with at-least-once delivery:
 - a batch is inserted first and its offsets are committed after; a crash in between
@@ -16,9 +18,8 @@ Exactly once in query results, with at-least-once delivery:
   order; on a rebalance the pending batch is stored inside the revoke callback (the
   loop drains), before the partitions can move, so two sinks never insert the same
   partition's records at once; waiting for ClickHouse keeps the group's membership;
-- the account ledger's fold advances only with what is stored: after any failed attempt
-  it is restored from ClickHouse before the batch is derived again, so a batch stored
-  later is stored whole, never with its account events taken as "already stored";
+- replayed account outcomes and delivery rows repeat their table's sorting key and
+  collapse under FINAL (every reader of those tables uses it);
 - a record ClickHouse cannot take (a value out of its column's range) is dead-lettered
   (`unstorable_record`) and the rest of its batch stored; any other ClickHouse or Kafka
   error is retried in place with back-off, never a reason to exit.
@@ -30,7 +31,6 @@ Batches close at `sink_batch_rows` records or `sink_batch_seconds`, whichever fi
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -39,18 +39,19 @@ from threading import Event
 from typing import Any
 
 from clickhouse_connect.driver.exceptions import DatabaseError, DataError, OperationalError
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
 from pydantic import ValidationError
 
-from metering import kafka_clients
+from metering import faults, kafka_clients
 from metering.batch_loop import BatchLoop
 from metering.clickhouse.deliveries import DELIVERY_COLUMNS, BadDeliveryRecord, delivery_row
-from metering.clickhouse.ledger import RESTORE_COLUMNS, LedgerFold
 from metering.clickhouse.migrations import migrate
 from metering.clickhouse.rows import (
     ACCOUNT_COLUMNS,
     USAGE_COLUMNS,
+    BadOutcomeRecord,
     BadPricedRecord,
+    outcome_row,
     usage_row,
 )
 from metering.clickhouse.store import Store, in_batches
@@ -81,7 +82,6 @@ UNSTORABLE = (DataError, ValueError, TypeError, OverflowError)
 # Any other server error (a missing table, a read-only user, a quota) is not a record's
 # fault: retried in place as well, logged as an error, until an operator fixes it.
 SERVER_ERRORS = (DatabaseError,)
-EXIT_FAULT_INJECTED = 77
 LAG_REFRESH_S = 5.0  # how often the consumer-lag gauge is recomputed (cached offsets only)
 LINGER_POLL_S = 0.05  # a batch is being filled: how long one consume call waits
 
@@ -137,7 +137,6 @@ class ClickHouseSink:
         self._settings = settings
         self._store = store
         self._topics = settings.topics
-        self._ledger = LedgerFold(settings.load_price_book())
         self._publisher = Publisher(settings.kafka_bootstrap)
         self._consumer = kafka_clients.consumer(
             {
@@ -158,15 +157,11 @@ class ClickHouseSink:
             # Every consume call's records wait in the batch being filled: the loop
             # never waits for room, and looks at the batch's age every LINGER_POLL_S.
             max_in_flight=1_000_000,
-            on_assign=self._on_assign,
             in_flight_poll_s=LINGER_POLL_S,
         )
         self._pending: _Pending | None = None
         self._storing = False  # a store is under way (its retries serve the loop)
         self._lag_reported = 0.0
-        # The ledger fold is ahead of ClickHouse (a batch derived, not yet stored):
-        # restored from the store before anything is derived again.
-        self._ledger_ahead = False
         self._lag_gauges = {
             topic: CONSUMER_LAG.labels(settings.sink_group_id, topic) for topic in self._inputs
         }
@@ -175,12 +170,7 @@ class ClickHouseSink:
 
     @property
     def _inputs(self) -> tuple[str, ...]:
-        return (
-            self._topics.usage_priced,
-            self._topics.account_events,
-            self._topics.documents,
-            self._topics.notification_deliveries,
-        )
+        return self._settings.sink_inputs()
 
     # -- running ---------------------------------------------------------------------
 
@@ -244,7 +234,6 @@ class ClickHouseSink:
         error): it is read again by the partitions' next owner, and whatever of it was
         stored is recognised then by the stored-id checks."""
         self._pending = None
-        self._ledger_ahead = True  # the fold may hold what was given up
 
     def _store_pending(self) -> None:
         """Store the pending batch (retried until it succeeds: safe to repeat), then let
@@ -259,23 +248,20 @@ class ClickHouseSink:
         finally:
             self._storing = False
         self.stats.batches += 1
-        self._inject_fault()
+        faults.reached(faults.Point.SINK_BATCH_STORED)  # stored, not committed: crash tests
         pending.stored = True
         self._pending = None
         SINK_BATCHES.inc()
 
     def _store_batch(self, pending: _Pending) -> bool:
-        """Derive the batch's rows (which advances the ledger fold) and store them; on a
-        failure the fold is restored from ClickHouse before the next attempt. A row
-        ClickHouse cannot take sends the batch down the record-by-record path. False if
-        the loop gave the batch up while a failure was retried."""
+        """Convert the batch's records to rows and store them. A row ClickHouse cannot
+        take sends the batch down the record-by-record path. False if the loop gave the
+        batch up while a failure was retried."""
         batch = pending.records
+        rows = self._rows(batch)
         attempt = 0
         while True:
             try:
-                self._catch_up_ledger()
-                self._ledger_ahead = True
-                rows = self._rows(batch)
                 try:
                     self._store_rows(rows)
                 except UNSTORABLE as exc:
@@ -284,9 +270,7 @@ class ClickHouseSink:
                         len(batch),
                         exc,
                     )
-                    self._catch_up_ledger()
                     self._store_one_by_one(batch)
-                self._ledger_ahead = False
                 return True
             except (*RETRYABLE, *SERVER_ERRORS) as exc:
                 delay = backoff_s(attempt)
@@ -302,27 +286,17 @@ class ClickHouseSink:
 
     def _store_one_by_one(self, batch: Sequence[SourceRecord]) -> None:
         """Each record with its own insert: one that ClickHouse refuses is dead-lettered
-        (`unstorable_record`) and the fold forgets it; the others are stored. Records of
-        the batch stored before are found by the stored-id checks, not stored twice."""
+        (`unstorable_record`); the others are stored. Records of the batch stored before
+        are found by the stored-id checks (or collapse under FINAL), not stored twice."""
         for record in batch:
-            self._ledger_ahead = True
-            rows = self._rows([record])
             try:
-                self._store_rows(rows)
+                self._store_rows(self._rows([record]))
             except UNSTORABLE as exc:
-                self._catch_up_ledger()  # forgets the record's account event, if any
                 refused = _BatchRows(self._topics.usage_deadletter)
                 refused.reject(
                     record, Reason.UNSTORABLE_RECORD, f"ClickHouse refused its row: {exc}"[:1000]
                 )
                 self._store_rows(refused)
-            self._ledger_ahead = False
-
-    def _catch_up_ledger(self) -> None:
-        """The ledger fold back to what ClickHouse holds, if it ran ahead of it."""
-        if self._ledger_ahead:
-            self._restore_ledger()
-            self._ledger_ahead = False
 
     # -- one batch -------------------------------------------------------------------
 
@@ -334,10 +308,11 @@ class ClickHouseSink:
                     rows.usage.append(usage_row(record))
                 except BadPricedRecord as exc:
                     rows.reject(record, Reason.INVALID_PRICED_RECORD, str(exc))
-            elif record.topic == self._topics.account_events:
-                row = self._ledger.apply(record)
-                if row is not None:
-                    rows.accounts.append(row)
+            elif record.topic == self._topics.account_outcomes:
+                try:
+                    rows.accounts.append(outcome_row(record))
+                except BadOutcomeRecord as exc:
+                    rows.reject(record, Reason.INVALID_OUTCOME_RECORD, str(exc))
             elif record.topic == self._topics.notification_deliveries:
                 try:
                     rows.deliveries.append(delivery_row(record))
@@ -407,13 +382,6 @@ class ClickHouseSink:
                 fresh.append(row)
         return fresh
 
-    def _inject_fault(self) -> None:
-        """Fault injection for the crash tests: exit between insert and commit."""
-        limit = self._settings.sink_exit_after_batches
-        if limit and self.stats.batches >= limit:
-            log.critical("fault injection: exiting after %d stored batches", limit)
-            os._exit(EXIT_FAULT_INJECTED)
-
     def _report_lag(self) -> None:
         """The consumer-lag gauge: per input topic, over the partitions assigned to this
         sink, the high watermark minus the offset this sink last committed (records not
@@ -435,23 +403,6 @@ class ClickHouseSink:
             return
         for topic, value in lag.items():
             self._lag_gauges[topic].set(value)
-
-    # -- group membership ------------------------------------------------------------
-
-    def _on_assign(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
-        # Account history of newly assigned partitions may have been written by another
-        # sink: the ledger fold is reloaded from ClickHouse (small: a few rows per org)
-        # before the next batch is derived, where a failure to read it is retried.
-        self._ledger_ahead = True
-
-    def _restore_ledger(self) -> None:
-        """The ledger fold as ClickHouse holds it: every stored account event in order."""
-        self._ledger.restore(
-            self._store.rows(
-                f"SELECT {RESTORE_COLUMNS} FROM {self._store.table('account_events')} FINAL "
-                "ORDER BY source_partition, source_offset"
-            )
-        )
 
     def _caught_up(self) -> bool:
         """Every partition of the input topics committed up to its end, nothing pending.

@@ -15,7 +15,6 @@ An org's months are issued in order, from the first it has not had documents for
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -26,9 +25,10 @@ from pathlib import Path
 from billing.documents import LateUsage, UsageTotal, midnight, month_period
 from billing.monthly import MonthInputs, closing_cents, month_documents
 from billing.pricing import PriceBook
+from metering import faults
 from metering.clickhouse.store import Store
 from metering.documents.files import write_document_files
-from metering.documents.history import OrgHistory, load_histories
+from metering.documents.history import USAGE_KINDS, OrgHistory, billed_usage, load_histories
 from metering.documents.records import IssuedDocument, parse_body
 from metering.documents.store import (
     StoredDocument,
@@ -46,9 +46,6 @@ from metering.metrics import (
 )
 from metering.settings import Settings
 from schemas.documents import Document, DocumentKind, DocumentOrigin
-
-EXIT_FAULT_INJECTED = 77
-USAGE_KINDS = (DocumentKind.USAGE_INVOICE.value, DocumentKind.CREDIT_STATEMENT.value)
 
 
 class MonthNotClosed(ValueError):
@@ -154,7 +151,7 @@ class BillingBatch:
         done = 0
         for billed_month in sorted(pending):
             due = sorted(pending[billed_month])
-            usage = self._usage(billed_month, due, marks)
+            usage = billed_usage(self._store, billed_month, due, marks.usage)
             issued: list[IssuedDocument] = []
             for org in due:
                 documents = self._month_documents(
@@ -196,55 +193,6 @@ class BillingBatch:
         # took the latest one, which is right because months are issued in order.
         return previous, pending
 
-    def _usage(
-        self, month: str, orgs: Sequence[str], marks: Watermarks
-    ) -> dict[str, tuple[list[UsageTotal], list[LateUsage]]]:
-        """Billed usage per org: this month's per member × model, stored below the
-        watermarks, and late usage of earlier months stored after the org's previous
-        usage document (from the `documents` table), per month × member × model."""
-        start, end = month_period(month)
-        rows = self._store.rows_in(
-            f"""
-            SELECT e.org_id, formatDateTime(e.occurred_at, '%%Y-%%m') AS month,
-                   e.user_id, e.model,
-                   sumIf(toUInt64(e.input_tokens) + e.output_tokens
-                         + e.cache_creation_input_tokens + e.cache_read_input_tokens,
-                         e.billed_nano_usd > 0) AS tokens,
-                   sum(e.billed_nano_usd) AS billed
-            FROM {self._store.table("usage_events")} AS e
-            LEFT JOIN (
-                SELECT org_id, argMax(usage_watermarks, period_start) AS previous
-                FROM {self._store.table("documents")}
-                WHERE kind IN %(kinds)s AND period_start < %(start_day)s AND org_id IN %(orgs)s
-                GROUP BY org_id
-            ) AS p ON e.org_id = p.org_id
-            WHERE e.org_id IN %(orgs)s
-              AND e.occurred_at < %(end)s
-              AND e.priced_offset < arrayElement(%(marks)s, e.priced_partition + 1)
-              AND (e.occurred_at >= %(start)s
-                   OR e.priced_offset >= arrayElement(p.previous, e.priced_partition + 1))
-            GROUP BY e.org_id, month, e.user_id, e.model
-            HAVING billed != 0
-            """,
-            "orgs",
-            orgs,
-            {
-                "kinds": list(USAGE_KINDS),
-                "start": midnight(start),
-                "start_day": start,
-                "end": midnight(end),
-                "marks": list(marks.usage),
-            },
-        )
-        usage: dict[str, tuple[list[UsageTotal], list[LateUsage]]] = defaultdict(lambda: ([], []))
-        for org, used_in, user, model, tokens, billed in rows:
-            on_time, late = usage[org]
-            if used_in == month:
-                on_time.append(UsageTotal(user, model, int(tokens), int(billed)))
-            else:
-                late.append(LateUsage(used_in, user, model, int(tokens), int(billed)))
-        return usage
-
     def _month_documents(
         self,
         history: OrgHistory,
@@ -273,8 +221,7 @@ class BillingBatch:
         if fresh:
             publisher = Publisher(self._settings.kafka_bootstrap)
             publisher.publish_blocking([d.message(self._settings.topics.documents) for d in fresh])
-            if self._settings.billing_exit_after_publish:  # fault injection (crash tests)
-                os._exit(EXIT_FAULT_INJECTED)
+            faults.reached(faults.Point.DOCUMENTS_PUBLISHED)  # published, not stored: crash tests
             store_new_documents(self._store, fresh)
         return Counter(d.document.kind.value for d in fresh)
 
@@ -308,7 +255,7 @@ class BillingBatch:
         for document in issued_documents(self._store, [org_id]):
             if document.kind in USAGE_KINDS and document.period_start < month_period(month)[0]:
                 previous = _after(parse_body(document.body), None, document)
-        usage = self._usage(month, [org_id], marks).get(org_id, ([], []))
+        usage = billed_usage(self._store, month, [org_id], marks.usage).get(org_id, ([], []))
         return self._month_documents(history, month, usage, previous, marks)
 
 

@@ -1,14 +1,17 @@
-"""Each org's accepted account history, read back from the ClickHouse ledger in log
-order, with each event's place in `account.events.v1` (the watermarks compare with it)."""
+"""What the month-end batch reads back from ClickHouse to bill an org: its accepted
+account history, from the ledger in log order, with each event's place in
+`account.events.v1` (the watermarks compare with it); and its billed usage of a month,
+on time and late, below the watermarks of `usage.priced.v1`."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from billing.accounts import OrgAccount, Rejected, next_state
-from billing.documents import Purchase, midnight
+from billing.documents import LateUsage, Purchase, UsageTotal, midnight, month_period
 from metering.clickhouse.rows import event_from_row
 from metering.clickhouse.store import Store
 from schemas.account import (
@@ -21,6 +24,10 @@ from schemas.account import (
     Plan,
     SeatType,
 )
+from schemas.documents import DocumentKind
+
+# The documents that bill usage: the previous one's watermarks tell late usage apart.
+USAGE_KINDS = (DocumentKind.USAGE_INVOICE.value, DocumentKind.CREDIT_STATEMENT.value)
 
 
 @dataclass(frozen=True)
@@ -118,3 +125,53 @@ def load_histories(store: Store, org_ids: Sequence[str] | None = None) -> dict[s
             history = histories[event.org_id] = OrgHistory(event.org_id, event)
         history.events.append(LoggedEvent(event, partition, offset))
     return histories
+
+
+def billed_usage(
+    store: Store, month: str, orgs: Sequence[str], usage_marks: Sequence[int]
+) -> dict[str, tuple[list[UsageTotal], list[LateUsage]]]:
+    """Billed usage per org: this month's per member × model, stored below the
+    watermarks, and late usage of earlier months stored after the org's previous
+    usage document (from the `documents` table), per month × member × model."""
+    start, end = month_period(month)
+    rows = store.rows_in(
+        f"""
+        SELECT e.org_id, formatDateTime(e.occurred_at, '%%Y-%%m') AS month,
+               e.user_id, e.model,
+               sumIf(toUInt64(e.input_tokens) + e.output_tokens
+                     + e.cache_creation_input_tokens + e.cache_read_input_tokens,
+                     e.billed_nano_usd > 0) AS tokens,
+               sum(e.billed_nano_usd) AS billed
+        FROM {store.table("usage_events")} AS e
+        LEFT JOIN (
+            SELECT org_id, argMax(usage_watermarks, period_start) AS previous
+            FROM {store.table("documents")}
+            WHERE kind IN %(kinds)s AND period_start < %(start_day)s AND org_id IN %(orgs)s
+            GROUP BY org_id
+        ) AS p ON e.org_id = p.org_id
+        WHERE e.org_id IN %(orgs)s
+          AND e.occurred_at < %(end)s
+          AND e.priced_offset < arrayElement(%(marks)s, e.priced_partition + 1)
+          AND (e.occurred_at >= %(start)s
+               OR e.priced_offset >= arrayElement(p.previous, e.priced_partition + 1))
+        GROUP BY e.org_id, month, e.user_id, e.model
+        HAVING billed != 0
+        """,
+        "orgs",
+        orgs,
+        {
+            "kinds": list(USAGE_KINDS),
+            "start": midnight(start),
+            "start_day": start,
+            "end": midnight(end),
+            "marks": list(usage_marks),
+        },
+    )
+    usage: dict[str, tuple[list[UsageTotal], list[LateUsage]]] = defaultdict(lambda: ([], []))
+    for org, used_in, user, model, tokens, billed in rows:
+        on_time, late = usage[org]
+        if used_in == month:
+            on_time.append(UsageTotal(user, model, int(tokens), int(billed)))
+        else:
+            late.append(LateUsage(used_in, user, model, int(tokens), int(billed)))
+    return usage

@@ -1,7 +1,12 @@
-"""How far ClickHouse is: the ClickHouse sink's committed offsets. Everything below a
-committed offset is stored (the sink commits after it inserts), so a document that
-covers "the org's events below these offsets" covers exactly what the batch read, and
-a replay of the log puts every later event in the same place again (G3, G5)."""
+"""How far ClickHouse is, as offsets of the input topics. Usage: the ClickHouse sink's
+committed offsets on `usage.priced.v1` (everything below is stored: the sink commits
+after it inserts). Account events: the account processor's committed offsets on
+`account.events.v1`, read before the sink is waited for on `account.outcomes.v1` —
+the processor publishes an event's outcome before it commits the event, so once the
+sink has stored every outcome published by then, every account event below those
+offsets is in the ledger. A document that covers "the org's events below these
+offsets" covers exactly what the batch read, and a replay of the log puts every later
+event in the same place again (G3, G5)."""
 
 from __future__ import annotations
 
@@ -46,14 +51,25 @@ def _committed(consumer: Consumer, partitions: list[TopicPartition]) -> list[int
     return [max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10)]
 
 
+def _account_marks(settings: Settings) -> tuple[int, ...]:
+    """The account processor's committed offsets on `account.events.v1`."""
+    consumer = _probe(settings, settings.group_id)
+    try:
+        topic = settings.topics.account_events
+        return tuple(_committed(consumer, _partitions(consumer, topic)))
+    finally:
+        consumer.close()
+
+
 def current_watermarks(settings: Settings) -> Watermarks:
-    """What is stored now, without waiting (the preview)."""
+    """How far things are now, without waiting (the preview: an account event decided
+    a moment ago may not be stored yet, and is then missing from the draft)."""
     consumer = _probe(settings)
     try:
         topics = settings.topics
         return Watermarks(
             usage=tuple(_committed(consumer, _partitions(consumer, topics.usage_priced))),
-            account=tuple(_committed(consumer, _partitions(consumer, topics.account_events))),
+            account=_account_marks(settings),
         )
     finally:
         consumer.close()
@@ -91,16 +107,19 @@ def wait_until_stored(settings: Settings, timeout_s: float = 300.0) -> Watermark
     deadline = time.monotonic() + timeout_s
     for group, topic in settings.worker_inputs():
         _wait_for_group(settings, group, [topic], deadline).close()
+    # Before the sink is waited for: every outcome of an event below these offsets is
+    # on account.outcomes.v1 by now, so the wait below covers it.
+    account = _account_marks(settings)
     consumer = _wait_for_group(
         settings,
         settings.sink_group_id,
-        [topics.usage_priced, topics.account_events, topics.documents],
+        [topics.usage_priced, topics.account_outcomes, topics.documents],
         deadline,
     )
     try:
         return Watermarks(
             usage=tuple(_committed(consumer, _partitions(consumer, topics.usage_priced))),
-            account=tuple(_committed(consumer, _partitions(consumer, topics.account_events))),
+            account=account,
         )
     finally:
         consumer.close()

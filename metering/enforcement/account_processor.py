@@ -1,11 +1,13 @@
 """Account batches: fold each org's account events into its state and store it with the
-source offset, atomically (G2); refused events are dead-lettered with their reason, and
-the seat invoices accepted ones issue are published to `billing.documents.v1`.
+source offset, atomically (G2); refused events are dead-lettered with their reason, the
+seat invoices accepted ones issue are published to `billing.documents.v1`, and every
+decided event's outcome to `account.outcomes.v1` (what the ClickHouse ledger stores: the
+one fold of account events is this one).
 
 A replay of an already-applied batch (after a crash between the Redis write and the
 offset commit) is recognised by the stored offset and changes nothing; its outputs are
-re-derived from what was recorded per event_id: the outcome, and the invoices as they
-were published.
+re-derived from what was recorded per event_id: the outcome, and the outcome record and
+invoices as they were published.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from billing.accounts import OrgAccount, Rejected, apply_account_event, renewal_date
-from billing.notifications import SpendSnapshot, UserSpend, due_stops_and_resumes, due_thresholds
+from billing.notifications import due_stops_and_resumes, due_thresholds
 from billing.pricing import PriceBook
 from metering.documents.records import IssuedDocument
 from metering.enforcement.base import BatchProcessor
 from metering.enforcement.batch_result import BatchResult
 from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix, term_ends_key
 from metering.enforcement.notify import publish_due
+from metering.enforcement.org_state import OrgState
 from metering.enforcement.records import OutputMessage, SourceRecord, digest, month_of
 from metering.enforcement.scripts import Scripts
 from metering.enforcement.state_codec import (
@@ -41,9 +44,9 @@ from metering.enforcement.state_codec import (
 )
 from metering.metrics import REDIS_APPLY_ACCOUNTS, REDIS_LOAD_ACCOUNTS, REDIS_READ_SPEND
 from metering.topics import DEFAULT_TOPICS, TopicNames
-from schemas.account import AccountEvent, CreditsPurchased
+from schemas.account import AccountEvent, AccountOutcome, CreditsPurchased
 from schemas.documents import DocumentOrigin
-from schemas.validation import InvalidEvent, Reason, parse_account_event
+from schemas.validation import InvalidEvent, Reason, encode_event, parse_account_event
 
 log = logging.getLogger("metering.worker")
 
@@ -64,8 +67,10 @@ class _OrgBatch:
     stored_offset: int
     marks: dict[str, str]  # event_id → recorded outcome, for the batch's event ids
     invoices: dict[str, str]  # event_id → JSON list of its published invoice records
+    outcomes: dict[str, str]  # event_id → its published account.outcomes.v1 value
     new_marks: dict[str, str]
     new_invoices: dict[str, str]
+    new_outcomes: dict[str, str]
     balance_delta: int = 0
 
 
@@ -130,7 +135,7 @@ class AccountProcessor(BatchProcessor):
                 ]
                 args += _flat(meta_fields(state)) + _flat(member_fields(state))
                 args += _flat(cap_fields(state)) + _flat(org.new_marks)
-                args += _flat(org.new_invoices)
+                args += _flat(org.new_invoices) + _flat(org.new_outcomes)
                 # The renewal timer's index, before the state it indexes: whenever a state
                 # is stored its term end is indexed, even if the process dies in between.
                 write.zadd(term_ends_key(self._prefix), {org_id: renewal_date(state).toordinal()})
@@ -164,12 +169,15 @@ class AccountProcessor(BatchProcessor):
             ids = [p.event.event_id for p in parsed]
             load.hmget(keys.account_ids, ids)
             load.hmget(keys.seat_invoices, ids)
+            load.hmget(keys.account_outcomes, ids)
         started = perf_counter()
         loaded = await load.execute()
         REDIS_LOAD_ACCOUNTS.observe(perf_counter() - started)
         batches = []
         for index, (_group, parsed) in enumerate(ordered):
-            raw_state, raw_offset, raw_marks, raw_invoices = loaded[4 * index : 4 * index + 4]
+            raw_state, raw_offset, raw_marks, raw_invoices, raw_outcomes = loaded[
+                5 * index : 5 * index + 5
+            ]
             ids = [p.event.event_id for p in parsed]
             batches.append(
                 _OrgBatch(
@@ -177,8 +185,10 @@ class AccountProcessor(BatchProcessor):
                     stored_offset=int(raw_offset) if raw_offset is not None else -1,
                     marks=_present(ids, raw_marks),
                     invoices=_present(ids, raw_invoices),
+                    outcomes=_present(ids, raw_outcomes),
                     new_marks={},
                     new_invoices={},
+                    new_outcomes={},
                 )
             )
         return batches
@@ -226,6 +236,7 @@ class AccountProcessor(BatchProcessor):
                 )
             elif f"{p_partition}|{p_offset}" != position:
                 result.duplicates += record.offset > org.stored_offset
+                return
             elif recorded != ACCEPTED:
                 reason, _, detail = recorded.partition(":")
                 self._reject(result, record, reason, detail, event.event_id)  # replayed refusal
@@ -234,6 +245,15 @@ class AccountProcessor(BatchProcessor):
                     event.org_id, org.invoices.get(event.event_id)
                 )
                 result.duplicates += record.offset > org.stored_offset
+            # Its outcome record too, as first sent (none for events decided before
+            # outcomes were published: the ledger decided those itself then).
+            outcome_value = org.outcomes.get(event.event_id)
+            if outcome_value is not None:
+                result.outputs.append(
+                    OutputMessage(
+                        self._topics.account_outcomes, event.org_id, outcome_value.encode()
+                    )
+                )
             return
         if record.offset <= org.stored_offset:
             # Applied before, but its mark is missing: cannot happen, since the mark is
@@ -245,8 +265,10 @@ class AccountProcessor(BatchProcessor):
             org.new_marks[event.event_id] = (
                 f"{fingerprint}|{position}|{outcome.reason.value}:{outcome.detail}"
             )
+            self._publish_outcome(org, result, item, outcome.reason.value, org.state)
             return
         org.new_marks[event.event_id] = f"{fingerprint}|{position}|{ACCEPTED}"
+        self._publish_outcome(org, result, item, "", outcome.state)
         if outcome.invoices:
             recorded = json.dumps(
                 [
@@ -260,6 +282,32 @@ class AccountProcessor(BatchProcessor):
         if isinstance(event, CreditsPurchased):
             org.balance_delta += event.data.amount
         org.state = outcome.state
+
+    def _publish_outcome(
+        self,
+        org: _OrgBatch,
+        result: BatchResult,
+        item: _Parsed,
+        rejection: str,
+        state: OrgAccount | None,
+    ) -> None:
+        """The event's `account.outcomes.v1` record, kept with the batch's state so a
+        replay publishes the same bytes. `state`: the org after it (before it, if refused)."""
+        event, record = item.event, item.record
+        value = encode_event(
+            AccountOutcome(
+                event=event,
+                status="rejected" if rejection else "accepted",
+                reason=rejection,
+                plan=state.plan if state else None,
+                billing_mode=state.billing_mode if state else None,
+                received_at=record.received_at,
+                source_partition=record.partition,
+                source_offset=record.offset,
+            )
+        )
+        org.new_outcomes[event.event_id] = value.decode()
+        result.outputs.append(OutputMessage(self._topics.account_outcomes, event.org_id, value))
 
     def _invoice_messages(self, org_id: str, recorded: str | None) -> list[OutputMessage]:
         if recorded is None:
@@ -290,40 +338,18 @@ class AccountProcessor(BatchProcessor):
         REDIS_READ_SPEND.observe(perf_counter() - started)
         for index, (org_id, (state, _record)) in enumerate(changed.items()):
             spend_hash, balance, stopped, notified = replies[4 * index : 4 * index + 4]
-            snapshot = self._snapshot(state, months[org_id], spend_hash, balance)
+            month = months[org_id]
+            # Every member, with the allowances of the month's first day (as the usage
+            # path's); meta, members and caps from the account just folded.
+            snapshot = OrgState.from_account(
+                state, month, spend=spend_hash, balance=balance
+            ).spend_snapshot(self._book, date.fromisoformat(f"{month}-01"))
             keys = OrgKeys(self._prefix, org_id)
             stops, resumes = due_stops_and_resumes(
                 snapshot, {s.decode() for s in stopped}, usage_driven=False
             )
             thresholds = due_thresholds(snapshot, {n.decode() for n in notified})
-            notified = notified_suffix(months[org_id])
+            notified = notified_suffix(month)
             publish_due(self._topics, org_id, thresholds, result, op="sadd", suffix=notified)
             publish_due(self._topics, org_id, stops, result, op="sadd", suffix=STOPPED)
             publish_due(self._topics, org_id, resumes, result, op="srem", suffix=STOPPED)
-
-    def _snapshot(
-        self, state: OrgAccount, month: str, spend_hash: dict[bytes, bytes], balance: bytes | None
-    ) -> SpendSnapshot:
-        spend = {k.decode(): int(v) for k, v in spend_hash.items()}
-        day = date.fromisoformat(f"{month}-01")
-        users = {}
-        for user_id, member in state.members.items():
-            users[user_id] = UserSpend(
-                spend_nano_usd=spend.get(f"u:{user_id}", 0),
-                cap_nano_usd=state.user_caps_nano_usd.get(user_id),
-                allowance_used_nano_usd=spend.get(f"a:{user_id}", 0),
-                allowance_nano_usd=self._book.usage_allowance(member.seat, day),
-            )
-        return SpendSnapshot(
-            org_id=state.org_id,
-            month=month,
-            plan=state.plan,
-            billing_mode=state.billing_mode,
-            extra_usage=state.extra_usage,
-            thresholds=state.thresholds,
-            org_spend_nano_usd=spend.get("org", 0),
-            org_cap_nano_usd=state.org_cap_nano_usd,
-            balance_nano_usd=int(balance) if balance is not None else 0,
-            purchases=len(state.purchases),
-            users=users,
-        )

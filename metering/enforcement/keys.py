@@ -65,6 +65,12 @@ class OrgKeys:
         seat invoices it issued (re-published as they were when its batch is replayed)."""
         return f"{self.base}:seat_invoices"
 
+    @property
+    def account_outcomes(self) -> str:
+        """Hash: account event_id → the `account.outcomes.v1` value published for it
+        (re-published as it was when its batch is replayed, like the seat invoices)."""
+        return f"{self.base}:account_outcomes"
+
     def idempotent_request(self, event_id: str) -> str:
         """String: JSON of the account event an API write with an Idempotency-Key sent
         first (kept without expiry, like the account event ids; a cache, not state:

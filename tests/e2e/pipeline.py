@@ -21,10 +21,14 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from redis.asyncio import Redis as AsyncRedis
 
 from billing.enforcement import Decision
+from metering import faults
 from metering.emitter import Emitter
 from metering.gate import Gate, UnknownOrgError
 from metering.settings import Settings
 from metering.topics import TopicNames, admin_client, consumer_lag, ensure_topics, groups_lag
+from schemas.account import ACCOUNT_EVENT_ADAPTER, AccountOutcome
+from schemas.validation import encode_event
+from tests.e2e import faulty
 
 PARTITIONS = 4
 
@@ -55,12 +59,20 @@ class Pipeline:
 
     def spawn(self, *command: str, **env: str) -> subprocess.Popen[bytes]:
         """A `metering …` process on this pipeline's settings, logging to its log file."""
+        return self._launch([str(Path(sys.executable).parent / "metering"), *command], env)
+
+    def spawn_crashing(
+        self, point: faults.Point, times: int, *command: str, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """`spawn`, but the process exits with `faulty.EXIT_FAULT_INJECTED` the `times`-th
+        time it reaches `point` (tests/e2e/faulty.py)."""
+        crashing = faulty.command(point, times, "metering", *command)
+        return self._launch(crashing, {**env, **faulty.environment()})
+
+    def _launch(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = self.log_path.open("ab")
         return subprocess.Popen(
-            [str(Path(sys.executable).parent / "metering"), *command],
-            env={**os.environ, **self.env(), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            argv, env={**os.environ, **self.env(), **env}, stdout=log, stderr=subprocess.STDOUT
         )
 
     def start_worker(self) -> subprocess.Popen[bytes]:
@@ -92,6 +104,27 @@ class Pipeline:
         with self.emitter() as emit:
             for event in events:
                 emit.emit_account(event)
+
+    def send_outcomes(self, *events: dict[str, Any]) -> None:
+        """What the account processor would publish for `events` if it accepted them all
+        (partition 0, offsets in order): input for a ClickHouse sink run on its own."""
+        now = datetime.now(UTC)
+        values = [
+            encode_event(
+                AccountOutcome(
+                    event=ACCOUNT_EVENT_ADAPTER.validate_python(event),
+                    status="accepted",
+                    reason="",
+                    plan=None,
+                    billing_mode=None,
+                    received_at=now,
+                    source_partition=0,
+                    source_offset=offset,
+                )
+            )
+            for offset, event in enumerate(events)
+        ]
+        self.send_raw(self.topics.account_outcomes, values, events[0]["org_id"].encode())
 
     def send_usage(self, *events: dict[str, Any]) -> None:
         """Emit usage events and wait until the broker has them."""
@@ -160,12 +193,7 @@ class Pipeline:
         return consumer_lag(
             self.settings.kafka_bootstrap,
             self.settings.sink_group_id,
-            [
-                self.topics.usage_priced,
-                self.topics.account_events,
-                self.topics.documents,
-                self.topics.notification_deliveries,
-            ],
+            list(self.settings.sink_inputs()),
         )
 
     def wait_caught_up(self, timeout_s: float = 300.0) -> None:

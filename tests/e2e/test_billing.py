@@ -27,6 +27,8 @@ import pytest
 
 from metering.clickhouse.store import Store
 from metering.documents.store import issued_documents
+from metering.faults import Point
+from tests.e2e import faulty
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import account, spend, usage
 
@@ -328,16 +330,18 @@ def test_a_fixed_scenario_bills_exactly_idempotently_and_survives_crash_and_rebu
     # October's run dies between publishing its documents and storing them; the re-run
     # stores what was published and issues nothing twice
     oct_ = tmp_path / "oct"
-    crashed = billing(
-        pipeline,
+    crashed = faulty.run(
+        Point.DOCUMENTS_PUBLISHED,
+        1,
+        "billing",
         "run",
         "--month",
         "2026-10",
         "--out",
         str(oct_),
-        METERING_BILLING_EXIT_AFTER_PUBLISH="true",
+        env=pipeline.env(),
     )
-    assert crashed.returncode == 77, crashed.stdout + crashed.stderr
+    assert crashed.returncode == faulty.EXIT_FAULT_INJECTED, crashed.stdout + crashed.stderr
     bill(pipeline, "2026-10", oct_)
     issued = documents(oct_)
     assert {doc_id: d["total"] for doc_id, d in issued.items()} == OCTOBER

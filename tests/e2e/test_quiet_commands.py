@@ -57,7 +57,7 @@ def _dead_member(pipeline: Pipeline) -> None:
             pipeline.settings.kafka_bootstrap,
             pipeline.settings.sink_group_id,
             topics.usage_priced,
-            topics.account_events,
+            topics.account_outcomes,
             topics.documents,
         ],
         stdout=subprocess.PIPE,

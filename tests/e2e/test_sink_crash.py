@@ -1,7 +1,8 @@
-"""G2 for the ClickHouse sink: it is killed between an insert and its offset commit (by
-fault injection) and at random moments (SIGKILL) while the processors keep producing;
-after a final catch-up, the rows, the rollups and every dashboard query equal the
-reference model's — as if nothing had happened."""
+"""G2 for the ClickHouse sink: it is killed between an insert and its offset commit (a
+crash the test installs at that point, tests/e2e/faulty.py) and at random moments
+(SIGKILL) while the processors keep producing; after a final catch-up, the rows, the
+rollups and every dashboard query equal the reference model's — as if nothing had
+happened."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from collections import defaultdict
 import pytest
 
 from metering.clickhouse import queries
-from metering.clickhouse.sink import EXIT_FAULT_INJECTED
 from metering.clickhouse.store import Store
+from metering.faults import Point
+from tests.e2e.faulty import EXIT_FAULT_INJECTED
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.reference import Reference
 from tests.e2e.test_clickhouse import RECOMPUTED_SQL, ROLLUP_SQL, ROW_SQL
@@ -51,8 +53,8 @@ def test_sink_killed_between_insert_and_commit_and_at_random(pipeline: Pipeline)
 
     # Killed right after storing a batch, before committing its offsets
     for _ in range(4):
-        batches = str(rng.randint(2, 4))
-        sink = pipeline.spawn("sink", METERING_SINK_EXIT_AFTER_BATCHES=batches, **SMALL_BATCHES)
+        batches = rng.randint(2, 4)
+        sink = pipeline.spawn_crashing(Point.SINK_BATCH_STORED, batches, "sink", **SMALL_BATCHES)
         assert sink.wait(timeout=120) == EXIT_FAULT_INJECTED
     # ... and at random moments
     for _ in range(3):

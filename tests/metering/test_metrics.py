@@ -205,7 +205,7 @@ def test_the_sink_child_serves_its_own_metrics_on_the_next_port(pipeline: Pipeli
     }
     for topic in (
         pipeline.topics.usage_priced,
-        pipeline.topics.account_events,
+        pipeline.topics.account_outcomes,
         pipeline.topics.documents,
     ):
         expected[("metering_consumer_lag", (("group", group), ("topic", topic)))] = 0

@@ -3,9 +3,10 @@
 --
 -- KEYS[1]  the org's key base, "<prefix>{org_id}"
 -- ARGV     partition, last_offset, account_json, balance_delta_nano_usd,
---          then five sections, each a count followed by that many field/value pairs:
+--          then six sections, each a count followed by that many field/value pairs:
 --          meta, members, caps, account_ids (event_id → "digest|partition|offset|outcome"),
---          seat_invoices (event_id → JSON list of the documents it issued)
+--          seat_invoices (event_id → JSON list of the documents it issued),
+--          account_outcomes (event_id → its account.outcomes.v1 value)
 --
 -- Returns 1 if applied, 0 if the stored offset shows it was applied before.
 --
@@ -25,7 +26,7 @@ if not (string.match(partition or '', '^%d+$') and string.match(last_offset or '
   return redis.error_reply('ERR apply_account: invalid partition, offset or balance delta')
 end
 local at = 5
-for _ = 1, 5 do  -- the five sections below
+for _ = 1, 6 do  -- the six sections below
   local count = tonumber(ARGV[at])
   if not count or count < 0 or at + 2 * count > #ARGV then
     return redis.error_reply('ERR apply_account: invalid section')
@@ -87,5 +88,6 @@ rewrite(base .. ':members', true)
 rewrite(base .. ':caps', true)
 rewrite(base .. ':account_ids', false)
 rewrite(base .. ':seat_invoices', false)
+rewrite(base .. ':account_outcomes', false)
 redis.call('HSET', base .. ':offsets', 'account:' .. partition, last_offset)
 return 1

@@ -1,9 +1,8 @@
 """The sink when ClickHouse refuses something (issue 20), against real Kafka and a real
-embedded store: a row ClickHouse cannot take is dead-lettered (`unstorable_record`) and
-the rest of its batch is stored; a batch that fails (here: the ledger table cannot be
-written for a while) is retried in place, and the account ledger's fold only advances
-with what was stored, so the retried batch stores every account event — none is taken
-as "already stored" and skipped."""
+embedded store: a row ClickHouse cannot take is dead-lettered (`unstorable_record`), as
+is a record that is not an account outcome (`invalid_outcome_record`), and the rest of
+its batch is stored; a batch that fails (here: the ledger table cannot be written for a
+while) is retried in place until it stores every account outcome."""
 
 from __future__ import annotations
 
@@ -60,7 +59,8 @@ def test_a_row_clickhouse_refuses_is_dead_lettered_and_the_rest_stored(
     pipeline: Pipeline,
 ) -> None:
     accounts = new_org(ORG, members=("u1",))
-    pipeline.send_accounts(*accounts)
+    pipeline.send_outcomes(*accounts)
+    pipeline.send_raw(pipeline.topics.account_outcomes, [b'{"event": "oops"}'], ORG.encode())
     pipeline.send_raw(
         pipeline.topics.usage_priced,
         [priced("good-1", 10**9, 1), priced("huge", 10**20, 2), priced("good-2", 2 * 10**9, 3)],
@@ -73,14 +73,15 @@ def test_a_row_clickhouse_refuses_is_dead_lettered_and_the_rest_stored(
         assert sorted(store.rows(ROLLUP_SQL)) == sorted(store.rows(RECOMPUTED_SQL))
     assert stored == [("good-1",), ("good-2",)]
     assert ledger == [(len(accounts),)]
-    pipeline.wait_for(lambda p: len(p.dead()) >= 1, what="the dead letter")
-    [letter] = pipeline.dead()
-    assert letter["reason"] == "unstorable_record"
-    assert letter["source_topic"] == pipeline.topics.usage_priced
-    assert '"huge"' in letter["payload"]
+    pipeline.wait_for(lambda p: len(p.dead()) >= 2, what="the dead letters")
+    letters = {letter["reason"]: letter for letter in pipeline.dead()}
+    assert sorted(letters) == ["invalid_outcome_record", "unstorable_record"]
+    assert letters["unstorable_record"]["source_topic"] == pipeline.topics.usage_priced
+    assert '"huge"' in letters["unstorable_record"]["payload"]
+    assert letters["invalid_outcome_record"]["source_topic"] == pipeline.topics.account_outcomes
 
 
-def test_a_failed_batch_is_retried_and_stores_its_account_events(pipeline: Pipeline) -> None:
+def test_a_failed_batch_is_retried_and_stores_its_account_outcomes(pipeline: Pipeline) -> None:
     accounts = new_org(ORG, members=("u1",))
     with Store(pipeline.settings.clickhouse_url) as store:
         sink = ClickHouseSink(pipeline.settings, store)  # migrated
@@ -89,7 +90,7 @@ def test_a_failed_batch_is_retried_and_stores_its_account_events(pipeline: Pipel
         store.command(
             "CREATE VIEW metering.account_events AS SELECT * FROM metering.account_events_away"
         )
-        pipeline.send_accounts(*accounts)
+        pipeline.send_outcomes(*accounts)
         pipeline.send_raw(pipeline.topics.usage_priced, [priced("u-1", 10**9, 1)], ORG.encode())
         before = retries()
         stop = threading.Event()
