@@ -55,6 +55,22 @@ def _subject(user_id: str | None) -> str:
     return "org" if user_id is None else f"u:{user_id}"
 
 
+# A stop's mark is "<period>|<reason>|<subject>|<cycle>" (period: a month, or
+# CREDITS_PERIOD); its scope is the mark without the cycle. Made and read only here.
+
+
+def _stop_scope(period: str, reason: BlockReason, user_id: str | None) -> str:
+    return f"{period}|{reason.value}|{_subject(user_id)}"
+
+
+def _scope_of(mark: str) -> str:
+    return mark.rsplit("|", 1)[0]
+
+
+def _period_of(mark: str) -> str:
+    return mark.split("|", 1)[0]
+
+
 def due_thresholds(snapshot: SpendSnapshot, notified: set[str]) -> list[Due]:
     """Threshold notifications reached and not yet recorded in `notified` (R17)."""
     subjects: list[tuple[str | None, int, int | None]] = [
@@ -96,12 +112,12 @@ class StopCondition:
 
     @property
     def mark(self) -> str:
-        return f"{self.month}|{self.reason.value}|{_subject(self.user_id)}|{self.cycle}"
+        return f"{self.scope}|{self.cycle}"
 
     @property
     def scope(self) -> str:
         """The mark without its cycle: one live stop per scope at a time."""
-        return f"{self.month}|{self.reason.value}|{_subject(self.user_id)}"
+        return _stop_scope(self.month, self.reason, self.user_id)
 
 
 def stop_conditions(snapshot: SpendSnapshot) -> list[StopCondition]:
@@ -168,7 +184,7 @@ def resumes_for_past_months(org_id: str, recorded: set[str], month: str) -> list
     return [
         Due(mark, _stop_notification(org_id, NotificationKind.RESUMED, mark))
         for mark in sorted(recorded)
-        if mark.split("|", 1)[0] not in {CREDITS_PERIOD} and mark.split("|", 1)[0] < month
+        if _period_of(mark) != CREDITS_PERIOD and _period_of(mark) < month
     ]
 
 
@@ -195,10 +211,9 @@ def due_stops_and_resumes(
     ]
 
     def in_scope(mark: str) -> bool:
-        scope = mark.rsplit("|", 1)[0]
         if evaluated_scopes is not None:
-            return scope in evaluated_scopes
-        return mark.split("|", 1)[0] in {snapshot.month, CREDITS_PERIOD}
+            return _scope_of(mark) in evaluated_scopes
+        return _period_of(mark) in {snapshot.month, CREDITS_PERIOD}
 
     resumed = [
         Due(mark, _stop_notification(snapshot.org_id, NotificationKind.RESUMED, mark))
@@ -211,12 +226,12 @@ def due_stops_and_resumes(
 def evaluated_scopes(snapshot: SpendSnapshot) -> set[str]:
     """The stop scopes a usage snapshot speaks for: the org's, and its touched users'."""
     scopes = {
-        f"{snapshot.month}|{BlockReason.ORG_CAP_REACHED.value}|org",
-        f"{CREDITS_PERIOD}|{BlockReason.CREDITS_EXHAUSTED.value}|org",
+        _stop_scope(snapshot.month, BlockReason.ORG_CAP_REACHED, None),
+        _stop_scope(CREDITS_PERIOD, BlockReason.CREDITS_EXHAUSTED, None),
     }
     for user_id in snapshot.users:
         for reason in (BlockReason.USER_CAP_REACHED, BlockReason.SEAT_ALLOWANCE_EXHAUSTED):
-            scopes.add(f"{snapshot.month}|{reason.value}|u:{user_id}")
+            scopes.add(_stop_scope(snapshot.month, reason, user_id))
     return scopes
 
 

@@ -35,7 +35,7 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from metering.enforcement.records import SourceRecord
+from metering.enforcement.records import SourceRecord, source_record
 
 log = logging.getLogger("metering.batch_loop")
 
@@ -83,15 +83,6 @@ class _InFlight:
     commit: list[TopicPartition]  # per partition: the offset after the batch's last
     settlement: Settlement
     size: int
-
-
-def source_record(message: Message) -> SourceRecord:
-    """A consumed record, independent of the client that carried it."""
-    topic, partition, offset = message.topic(), message.partition(), message.offset()
-    assert topic is not None and partition is not None and offset is not None  # a record
-    return SourceRecord(
-        topic, partition, offset, message.key(), message.value(), message.timestamp()[1]
-    )
 
 
 def _next_offsets(records: Sequence[SourceRecord]) -> list[TopicPartition]:

@@ -87,6 +87,11 @@ class OrgKeys:
         """A set of notification marks: `STOPPED` or `notified_suffix(period)`."""
         return f"{self.base}:{suffix}"
 
+    def delivery(self, delivery_id: str) -> str:
+        """Integer: the highest step of a notification delivery chain whose successor
+        record is durable (the notifier skips steps up to it)."""
+        return f"{self.base}:delivery:{delivery_id}"
+
     def spend(self, month: str) -> str:
         """Hash for one UTC month: org → billed; u:<user> → billed; a:<user> → allowance
         used; t:<user> → total cost (billed + included)."""

@@ -25,7 +25,7 @@ from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.batch_result import Mark
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.notify import queue_marks
-from metering.enforcement.records import SourceRecord, digest, month_of
+from metering.enforcement.records import SourceRecord, digest, month_of, source_record
 from metering.enforcement.scripts import Scripts
 from metering.settings import Settings
 from metering.topics import admin_client
@@ -69,16 +69,7 @@ def read_topic(bootstrap: str, topic: str) -> Iterator[list[SourceRecord]]:
                 partition, offset = message.partition(), message.offset()
                 if partition not in ends or offset is None or partition is None:
                     continue
-                batch.append(
-                    SourceRecord(
-                        topic,
-                        partition,
-                        offset,
-                        message.key(),
-                        message.value(),
-                        message.timestamp()[1],
-                    )
-                )
+                batch.append(source_record(message))
                 if offset + 1 >= ends[partition]:
                     del ends[partition]
             if batch:

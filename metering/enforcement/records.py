@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Literal
 
+from confluent_kafka import Message
 from pydantic import BaseModel
 
 from schemas.outputs import DeadLetter
@@ -30,6 +31,15 @@ class SourceRecord:
     @property
     def received_at(self) -> datetime:
         return datetime.fromtimestamp(self.timestamp_ms / 1000, tz=UTC)
+
+
+def source_record(message: Message) -> SourceRecord:
+    """A record consumed by confluent-kafka (faust's have their own, `metering.worker`)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None  # a record
+    return SourceRecord(
+        topic, partition, offset, message.key(), message.value(), message.timestamp()[1]
+    )
 
 
 @dataclass(slots=True)  # not frozen: see SourceRecord

@@ -212,7 +212,7 @@ class Notifier:
     async def run(self, job: Job) -> None:
         """Skip a step already done; else wait until due, attempt, record the outcome."""
         keys = OrgKeys(self._settings.redis_prefix, job.notification.org_id)
-        mark_key = f"{keys.base}:delivery:{job.delivery_id}"
+        mark_key = keys.delivery(job.delivery_id)
         done = await self._retried(lambda: self._redis.get(mark_key), "reading a mark")
         if done is not None and int(done) >= job.step:
             return
