@@ -34,6 +34,7 @@ BENCHMARKS = {
     "api": "api",
     "billing": "billing",
     "notifier": "notifier",
+    "marks": "marks",
 }
 
 Row = tuple[str, str, str]  # what, result, target
@@ -152,6 +153,18 @@ def _notifier(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _marks(r: dict[str, Any]) -> list[Row]:
+    mib = 2**20
+    return [
+        (
+            f"Redis de-duplication marks, {r['simulated_days']} simulated days",
+            f"{r['bytes_per_mark']} bytes per mark; plateau {r['plateau_bytes'] / mib:.1f} MiB "
+            f"after {r['events']:,} events (all kept: ~{r['all_kept_bytes'] / mib:.1f} MiB)",
+            "levels off after the window",
+        )
+    ]
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "emitter": _emitter,
     "enforcement": _enforcement,
@@ -159,6 +172,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "api": _api,
     "billing": _billing,
     "notifier": _notifier,
+    "marks": _marks,
 }
 
 

@@ -336,6 +336,9 @@ MEANINGS: dict[type[StrEnum], dict[str, str]] = {
         "unknown_org": "usage of an org with no `org.created` yet (re-drive once it exists)",
         "event_id_conflict": "an `event_id` seen before with a different payload",
         "invalid_priced_record": "a `usage.priced.v1` record the sink cannot read",
+        "event_too_old": "`occurred_at` is more than `METERING_MAX_EVENT_AGE_DAYS` (35) days "
+        "before the record reached the broker, or in a month whose de-duplication marks are "
+        "no longer kept: nothing counted; re-drivable once the window is raised",
         "invalid_document_record": "a `billing.documents.v1` record the sink cannot read",
         "invalid_outcome_record": "an `account.outcomes.v1` record the sink cannot read",
         "amount_out_of_range": "counting the event would take a month's spend, a member's "

@@ -8,6 +8,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.pricing import PriceBook, default_price_book_text
+from metering.enforcement.usage_marks import DEFAULT_MAX_EVENT_AGE_DAYS
 from metering.topics import TopicNames
 from schemas.money import parse_usd
 
@@ -109,6 +110,16 @@ class Settings(BaseSettings):
         description="how often each worker appends the renewals of contracts whose term has "
         "ended (a term renews by itself on its anniversary); `0` turns the timer off "
         "(renewals then come only from `contract.renewed` events sent from outside)",
+    )
+    # How late a usage event may arrive (metering/enforcement/usage_marks.py): bounds
+    # the de-duplication marks Redis keeps (one month's are dropped this long after it).
+    max_event_age_days: int = Field(
+        default=DEFAULT_MAX_EVENT_AGE_DAYS,
+        ge=1,
+        le=3650,
+        description="a usage event whose `occurred_at` is more than this many days before "
+        "its record reached the broker is dead-lettered `event_too_old`; each month's "
+        "de-duplication marks are kept this long (plus a day) after the month ends",
     )
     # Self-serve balance alerts (R17): notify when the balance falls below each level (USD).
     balance_alert_levels: str = Field(

@@ -231,6 +231,7 @@ def usage_loop(settings: Settings) -> BatchLoop:
         settings.redis_prefix,
         settings.topics,
         balance_levels_nano_usd=settings.balance_levels_nano_usd,
+        max_event_age_days=settings.max_event_age_days,
     )
     consumer = kafka_clients.consumer(
         {

@@ -46,6 +46,9 @@ class Reason(StrEnum):
     # Decided with more than the event in hand:
     UNKNOWN_MODEL = "unknown_model"  # the price book has no rate in force (billing.pricing)
     UNKNOWN_ORG = "unknown_org"  # no org.created seen yet (usage processor)
+    # occurred_at more than METERING_MAX_EVENT_AGE_DAYS before the record's append time,
+    # or in a month whose de-duplication marks are gone (usage processor)
+    EVENT_TOO_OLD = "event_too_old"
     EVENT_ID_CONFLICT = "event_id_conflict"  # same event_id, different payload (processor)
     INVALID_PRICED_RECORD = "invalid_priced_record"  # usage.priced.v1 not written by us (sink)
     INVALID_DOCUMENT_RECORD = "invalid_document_record"  # billing.documents.v1 likewise

@@ -27,6 +27,10 @@ from metering.settings import Settings
 # second process on the default port would only log that it is taken). The metrics tests
 # give their own processes free ports.
 os.environ.setdefault("METERING_METRICS_PORT", "0")
+# The scenarios bill fixed past months (2026-09, 2026-10, …) with events sent today: the
+# event-age window (35 days by default) would refuse them as `event_too_old`. They run
+# with a ten-year window; the tests of the window itself set their own.
+os.environ.setdefault("METERING_MAX_EVENT_AGE_DAYS", "3650")
 from metering.stack.local import LocalStack, State
 from metering.topics import admin_client
 

@@ -342,6 +342,8 @@ def demo(
                 "METERING_HTTP_PORT": str(port),
                 # the demo runs the month-end batch itself, once its traffic is in
                 "METERING_BILLING_SCHEDULE": "false",
+                # it backfills last month from its first day: up to 62 days late
+                "METERING_MAX_EVENT_AGE_DAYS": "62",
                 # its webhook receiver listens on loopback
                 "METERING_WEBHOOK_ALLOW_PRIVATE": "true",
             },

@@ -53,7 +53,7 @@ def rebuild(
                 tasks[stage] = progress.add_task(stage, total=None)
             progress.advance(tasks[stage], count)
 
-        report = asyncio.run(run_rebuild(settings, tick))
+        report = asyncio.run(run_rebuild(settings, tick, flushed=flush))
     console.print(
         f"replayed {report.account_events:,} account events, {report.priced_events:,} priced "
         f"events ({report.usage_applied:,} applied), "

@@ -97,12 +97,13 @@ class OrgKeys:
         used; t:<user> → total cost (billed + included)."""
         return f"{self.base}:spend:{month}"
 
-    @property
-    def usage_ids(self) -> str:
-        """Hash: usage event_id → "digest|partition|offset|included_nano_usd". One per
-        org, not per month: the same id must be recognised whatever month its payload
-        claims (a re-sent event with another `occurred_at` is a conflict, G1)."""
-        return f"{self.base}:ids"
+    def usage_ids(self, month: str) -> str:
+        """Hash of the usage events of one month of `occurred_at`: a digest of the
+        event_id → "digest|partition|offset|included_nano_usd" (the de-duplication mark,
+        `metering/enforcement/usage_marks.py`). Dropped once no event of that month can be
+        accepted any more; the usage script looks an id up in every month it could be
+        in, so a re-sent event with another `occurred_at` is still a conflict (G1)."""
+        return f"{self.base}:ids:{month}"
 
     def notified(self, month: str) -> str:
         """Set of "subject|threshold" notified this month (R17)."""

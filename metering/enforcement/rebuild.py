@@ -2,7 +2,11 @@
 
 1. account.events.v1 from the beginning, through the same fold the worker uses;
 2. usage.priced.v1: the usage decisions as they were made live (cost and the
-   included/billed split), re-applied by `restore_usage.lua`;
+   included/billed split), re-applied by `restore_usage.lua`; then each month's
+   de-duplication marks get their expiry (a month past the event-age window loses them
+   at once). Over a projection that was not flushed, a priced event of such a month is
+   skipped: its marks are gone, so it could not be recognised as applied already, and
+   its counters were not lost (a Redis that lost writes lost its last second);
 3. billing.notification_marks.v1 (compacted: kept for as long as a mark matters, unlike
    the notifications themselves): the marks of notifications already sent, so none is
    sent again.
@@ -16,6 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from redis.asyncio import Redis
@@ -25,11 +30,13 @@ from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.batch_result import Mark
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.notify import queue_marks
-from metering.enforcement.records import SourceRecord, digest, month_of, source_record
+from metering.enforcement.records import SourceRecord, month_of, source_record
 from metering.enforcement.scripts import Scripts
+from metering.enforcement.usage_marks import expire_at, mark_field, needed_until, payload_digest
 from metering.settings import Settings
 from metering.topics import admin_client
 from schemas.outputs import PricedUsage
+from schemas.validation import encode_event
 
 BATCH = 5000
 Progress = Callable[[str, int], None]
@@ -78,8 +85,14 @@ def read_topic(bootstrap: str, topic: str) -> Iterator[list[SourceRecord]]:
         consumer.close()
 
 
-async def rebuild(settings: Settings, progress: Progress | None = None) -> RebuildReport:
+async def rebuild(
+    settings: Settings, progress: Progress | None = None, *, flushed: bool = False
+) -> RebuildReport:
+    """`flushed`: the projection was deleted first (every priced event is re-applied)."""
     report = RebuildReport()
+    max_age = timedelta(days=settings.max_event_age_days)
+    now = datetime.now(UTC)
+    marked: set[tuple[str, str]] = set()  # (org, month) whose marks were written
     client = Redis.from_url(settings.redis_url)
     prefix, topics = settings.redis_prefix, settings.topics
     tick = progress or (lambda _stage, _n: None)
@@ -96,10 +109,14 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
             for record in batch:
                 priced = PricedUsage.model_validate_json(record.value or b"")
                 event = priced.event
+                month = month_of(event.occurred_at)
+                if not flushed and now > needed_until(month, max_age):
+                    continue
+                marked.add((event.org_id, month))
                 by_org[event.org_id] += [
-                    event.event_id,
-                    digest(event),
-                    month_of(event.occurred_at),
+                    mark_field(event.event_id),
+                    payload_digest(encode_event(event)),
+                    month,
                     event.user_id,
                     str(priced.cost_nano_usd),
                     str(priced.included_nano_usd),
@@ -114,6 +131,10 @@ async def rebuild(settings: Settings, progress: Progress | None = None) -> Rebui
             report.usage_applied += sum(await pipe.execute())
             report.priced_events += len(batch)
             tick("priced usage", len(batch))
+        pipe = client.pipeline(transaction=False)
+        for org_id, month in sorted(marked):  # in the past: the marks go at once
+            pipe.expireat(OrgKeys(prefix, org_id).usage_ids(month), expire_at(month, max_age))
+        await pipe.execute()
 
         for batch in read_topic(settings.kafka_bootstrap, topics.notification_marks):
             pipe = client.pipeline(transaction=False)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from time import perf_counter
 from typing import Any
 
@@ -37,16 +37,24 @@ from metering.enforcement.org_state import OrgState, member_entry
 from metering.enforcement.records import (
     OutputMessage,
     SourceRecord,
-    digest_bytes,
     priced_json,
 )
 from metering.enforcement.scripts import SentScriptCalls, run_pipelined_sync, usage_script
+from metering.enforcement.usage_marks import (
+    DEFAULT_MAX_EVENT_AGE_DAYS,
+    droppable_months,
+    expire_at,
+    live_months,
+    mark_field,
+    needed_until,
+    payload_digest,
+)
 from metering.metrics import REDIS_APPLY_USAGE
 from schemas.account import BillingMode, SeatType
 from schemas.money import MAX_EVENT_COST_NANO_USD, MAX_TOTAL_NANO_USD, format_usd
 from schemas.usage import UsageFacts
 from schemas.usage_fast import canonical_usage_json, parse_usage_fast
-from schemas.validation import InvalidEvent, Reason, parse_usage_event
+from schemas.validation import MAX_CLOCK_SKEW, InvalidEvent, Reason, parse_usage_event
 
 LEGACY_ALLOWANCE_SEATS = (SeatType.STANDARD, SeatType.PREMIUM)
 log = logging.getLogger("metering.worker")
@@ -140,19 +148,42 @@ class UsageProcessor(BatchProcessor):
         client: redis.Redis,
         *args: Any,
         balance_levels_nano_usd: tuple[int, ...] = (),
+        max_event_age_days: int = DEFAULT_MAX_EVENT_AGE_DAYS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         **kwargs: Any,
     ) -> None:
         super().__init__(client, *args, **kwargs)
         self._script = usage_script(client)
         self._allowances = {}
-        self._received: tuple[int, datetime] = (-1, datetime.min)
+        # (append time in ms, as a datetime, the oldest occurred_at accepted with it)
+        self._received: tuple[int, datetime, datetime] = (-1, datetime.min, datetime.min)
         self._balance_levels = balance_levels_nano_usd
+        self._max_age = timedelta(days=max_event_age_days)
+        self._clock = clock  # the worker's clock: only for marks that may be gone
+        self._now = clock()  # read once per batch (`prepare`)
+        self._open: dict[str, bool] = {}  # month → its marks are still kept (this batch)
+        # org → the latest month whose marks a batch was sent to drop: once per org and
+        # month, not per batch (if that script then failed, Redis's expiry drops them)
+        self._dropped: dict[str, str] = {}
+        self._expiry: dict[str, int] = {}  # month → when Redis drops its marks
+        # (oldest, newest append time in ms) → the months to look marks up in (the
+        # script's argument) and the months that may be dropped: a batch has a few
+        # append times and hundreds of org calls (this batch)
+        self._live: dict[tuple[int, int], tuple[str, list[str]]] = {}
 
-    def _received_at(self, record: SourceRecord) -> datetime:
-        # Records of one produce request share their append time: keep the last one.
+    def _received_at(self, record: SourceRecord) -> tuple[datetime, datetime]:
+        """The record's append time, and the oldest `occurred_at` accepted with it.
+        Records of one produce request share their append time: the last is kept."""
         if record.timestamp_ms != self._received[0]:
-            self._received = (record.timestamp_ms, record.received_at)
-        return self._received[1]
+            received = record.received_at
+            self._received = (record.timestamp_ms, received, received - self._max_age)
+        return self._received[1], self._received[2]
+
+    def _marks_kept(self, month: str) -> bool:
+        """Whether `month`'s marks are surely still in Redis, by the worker's clock
+        (remembered for the batch in `_open`)."""
+        kept = self._open[month] = self._now <= needed_until(month, self._max_age)
+        return kept
 
     def _validate(self, record: SourceRecord, result: BatchResult) -> _Valid | None:
         def reject(reason: str, detail: str, event_id: str | None = None) -> None:
@@ -161,7 +192,7 @@ class UsageProcessor(BatchProcessor):
         if record.value is None:
             reject(Reason.MALFORMED_JSON.value, "record has no value")
             return None
-        now = self._received_at(record)
+        now, oldest = self._received_at(record)
         event: UsageFacts | None = parse_usage_fast(record.value, now=now)
         if event is None:  # not the common form, or invalid: pydantic decides the reason
             try:
@@ -184,10 +215,17 @@ class UsageProcessor(BatchProcessor):
                 event.event_id,
             )
             return None
-        day = event.occurred_at.date()
+        occurred = event.occurred_at
+        month = f"{occurred.year:04d}-{occurred.month:02d}"
+        kept = self._open.get(month)
+        if kept is None:
+            kept = self._marks_kept(month)
+        if occurred < oldest or not kept:
+            reject(Reason.EVENT_TOO_OLD.value, self._too_old(occurred, now), event.event_id)
+            return None
+        day = occurred.date()
         if day not in self._allowances:
             self._allowances[day] = _allowance_spec(self._book, day)
-        occurred = event.occurred_at
         return _Valid(
             record,
             event,
@@ -195,7 +233,21 @@ class UsageProcessor(BatchProcessor):
             priced.price_version,
             self._allowances[day],
             canonical=canonical_usage_json(event),
-            month=f"{occurred.year:04d}-{occurred.month:02d}",
+            month=month,
+        )
+
+    def _too_old(self, occurred: datetime, received: datetime) -> str:
+        days = self._max_age.days
+        if occurred < received - self._max_age:
+            return (
+                f"occurred_at {occurred.isoformat()} is more than {days} days before the "
+                f"event reached the broker ({received.isoformat()}); "
+                "METERING_MAX_EVENT_AGE_DAYS sets the window"
+            )
+        return (
+            f"occurred_at {occurred.isoformat()} is in a month whose de-duplication marks "
+            f"are no longer kept ({days} days after it ended, by this worker's clock "
+            f"{self._now.isoformat()}): a duplicate could not be recognised"
         )
 
     def process(self, records: Sequence[SourceRecord]) -> BatchResult:
@@ -215,6 +267,8 @@ class UsageProcessor(BatchProcessor):
         the script calls. Needs no Redis state, so it may run while Redis is still
         applying the previous batch."""
         result = BatchResult()
+        self._now = self._clock()
+        self._open, self._live = {}, {}
         groups: dict[tuple[str, int], list[_Valid]] = defaultdict(list)
         for record in records:
             valid = self._validate(record, result)
@@ -245,13 +299,13 @@ class UsageProcessor(BatchProcessor):
     def _call(
         self, org_id: str, partition: int, events: list[_Valid]
     ) -> tuple[list[str], list[Any]]:
-        args: list[Any] = [partition]
+        args: list[Any] = [partition, *self._months(org_id, events)]
         args += [
             "\t".join(
                 (
                     str(v.record.offset),
-                    v.event.event_id,
-                    digest_bytes(v.canonical),
+                    mark_field(v.event.event_id),
+                    payload_digest(v.canonical),
                     v.month,
                     v.event.user_id,
                     str(v.cost_nano_usd),
@@ -261,6 +315,30 @@ class UsageProcessor(BatchProcessor):
             for v in events
         ]
         return [OrgKeys(self._prefix, org_id).base], args
+
+    def _months(self, org_id: str, events: list[_Valid]) -> tuple[str, str]:
+        """The script's month arguments: the months whose marks are looked up, each with
+        when Redis drops them ("YYYY-MM=<unix s>,…"), and the months whose marks this
+        batch drops ("YYYY-MM,…", only when that changed for the org)."""
+        stamps = [v.record.timestamp_ms for v in events]
+        span = (min(stamps), max(stamps))
+        known = self._live.get(span)
+        if known is None:
+            oldest = datetime.fromtimestamp(span[0] / 1000, tz=UTC)
+            newest = datetime.fromtimestamp(span[1] / 1000, tz=UTC)
+            parts = []
+            for month in live_months(oldest, newest, self._max_age, MAX_CLOCK_SKEW):
+                at = self._expiry.get(month)
+                if at is None:
+                    at = self._expiry[month] = expire_at(month, self._max_age)
+                parts.append(f"{month}={at}")
+            known = ",".join(parts), droppable_months(oldest, self._max_age)
+            self._live[span] = known
+        live, drop = known
+        if self._dropped.get(org_id) == drop[-1]:
+            return live, ""
+        self._dropped[org_id] = drop[-1]
+        return live, ",".join(drop)
 
     def _apply_one_by_one(
         self, org_id: str, partition: int, events: list[_Valid], error: ResponseError

@@ -3,11 +3,19 @@
 -- KEYS[1]  the org's key base, "<prefix>{org_id}"; every key used derives from it, so
 --          all live in one Redis Cluster hash slot.
 -- ARGV[1]  source partition
--- ARGV[2..] one value per event, its fields joined by tabs (ids never contain one; one
+-- ARGV[2]  the months whose marks an event of the batch may have, each with when Redis
+--          drops them: "YYYY-MM=<unix seconds>,..." (metering/enforcement/usage_marks.py)
+-- ARGV[3]  months whose marks the batch drops (no event can be accepted for them any
+--          more): "YYYY-MM,..." or ""
+-- ARGV[4..] one value per event, its fields joined by tabs (ids never contain one; one
 --          argument instead of seven keeps client-side encoding cheap):
---          offset, event_id, digest, month (YYYY-MM), user_id, cost_nano_usd, and the
---          seat allowances in force that month as "standard=<n>,premium=<n>" (the script
+--          offset, mark field (a fixed-size digest of the event_id), payload digest,
+--          month (YYYY-MM, one of ARGV[2]'s), user_id, cost_nano_usd, and the seat
+--          allowances in force that month as "standard=<n>,premium=<n>" (the script
 --          looks the member's seat up; Python supplies the prices).
+--
+-- Marks live in one hash per month of occurred_at, "<base>:ids:<month>"; an id found in
+-- another month's hash is a conflict (its occurred_at, hence its payload, differs).
 --
 -- Outcome per event, in order:
 --   "A|<included>"  applied now           "R|<included>"  applied before, at this offset
@@ -34,16 +42,29 @@ local MAX_EVENT_COST = 1000000000000000
 local BILLION = 1000000000
 local BOUND_HIGH = 1000000000
 
-local n = #ARGV - 1
+local FIRST = 4  -- ARGV index of the first event
+local n = #ARGV - FIRST + 1
 local events = {}
 if not string.match(partition or '', '^%d+$') then
   return redis.error_reply('ERR apply_usage: invalid partition')
 end
+local live, live_order = {}, {}
+for month, at in string.gmatch(ARGV[2] or '', '(%d%d%d%d%-%d%d)=(%d+)') do
+  live[month] = at
+  live_order[#live_order + 1] = month
+end
+local drops = {}
+for month in string.gmatch(ARGV[3] or '', '(%d%d%d%d%-%d%d)') do
+  if live[month] then
+    return redis.error_reply('ERR apply_usage: a month both looked up and dropped')
+  end
+  drops[#drops + 1] = month
+end
 for i = 1, n do
   local offset, event_id, digest, month, user, cost, allowances =
-    string.match(ARGV[i + 1], FIELDS)
+    string.match(ARGV[i + FIRST - 1], FIELDS)
   if not (offset and string.match(offset, '^%d+$') and event_id ~= '' and user ~= ''
-          and string.match(month, '^%d%d%d%d%-%d%d$') and string.match(cost, '^%d+$')
+          and live[month] and string.match(cost, '^%d+$')
           and #cost <= 16 and tonumber(cost) <= MAX_EVENT_COST
           and not string.find(digest, '|', 1, true)) then
     return redis.error_reply('ERR apply_usage: invalid argument ' .. i)
@@ -125,17 +146,33 @@ local function text(value)
   return sign .. string.format('%d%09d', high, low)
 end
 
--- Every event's earlier mark, read at once (chunked: unpack has a stack limit); marks
--- written by this script are looked up in `written` first (an id repeated in the batch).
-local ids = base .. ':ids'
-local previous_marks = {}
+-- Months no event can be accepted for any more: their marks go (Redis's expiry would
+-- drop them too, a day later, for an org that stopped sending).
+for _, month in ipairs(drops) do
+  redis.call('DEL', base .. ':ids:' .. month)
+end
+
+-- Every event's earlier mark in its own month, and whether its id is marked in another
+-- live month, read at once (chunked: unpack has a stack limit); marks written by this
+-- script are looked up in `written` first (an id repeated in the batch).
+local previous_marks, elsewhere = {}, {}
 local CHUNK = 1000
-for first = 1, n, CHUNK do
-  local last = math.min(first + CHUNK - 1, n)
-  local names = {}
-  for i = first, last do names[#names + 1] = events[i][2] end
-  local found = redis.call('HMGET', ids, unpack(names))
-  for i = first, last do previous_marks[i] = found[i - first + 1] end
+for _, month in ipairs(live_order) do
+  local key = base .. ':ids:' .. month
+  if redis.call('EXISTS', key) == 1 then
+    for first = 1, n, CHUNK do
+      local last = math.min(first + CHUNK - 1, n)
+      local names = {}
+      for i = first, last do names[#names + 1] = events[i][2] end
+      local found = redis.call('HMGET', key, unpack(names))
+      for i = first, last do
+        local mark = found[i - first + 1]
+        if mark then
+          if events[i][4] == month then previous_marks[i] = mark else elsewhere[i] = true end
+        end
+      end
+    end
+  end
 end
 
 -- Writes are gathered and made once per key and field after every event is decided
@@ -151,7 +188,9 @@ for i = 1, n do
   local offset, event_id, digest, month, user, cost, allowances = unpack(events[i])
 
   local previous = written[event_id] or previous_marks[i]
-  if previous then
+  if not previous and elsewhere[i] then
+    outcomes[i] = 'C'  -- marked under another month: another occurred_at
+  elseif previous then
     local p_digest, p_partition, p_offset, p_included =
       string.match(previous, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
     if p_digest ~= digest then
@@ -215,7 +254,7 @@ for i = 1, n do
       outcomes[i] = 'O'
     end
     written[event_id] = mark
-    mark_order[#mark_order + 1] = event_id
+    mark_order[#mark_order + 1] = {event_id, month}
   end
   touched[month] = touched[month] or {}
   touched[month][user] = true
@@ -229,14 +268,22 @@ for id, place in pairs(dirty) do
     redis.call('SET', place[1], text(counters[id]))
   end
 end
-for first = 1, #mark_order, CHUNK do
-  local args = {}
-  for i = first, math.min(first + CHUNK - 1, #mark_order) do
-    local event_id = mark_order[i]
-    args[#args + 1] = event_id
-    args[#args + 1] = written[event_id]
+local by_month = {}
+for _, entry in ipairs(mark_order) do
+  local fields = by_month[entry[2]]
+  if not fields then
+    fields = {}
+    by_month[entry[2]] = fields
   end
-  redis.call('HSET', ids, unpack(args))
+  fields[#fields + 1] = entry[1]
+  fields[#fields + 1] = written[entry[1]]
+end
+for month, fields in pairs(by_month) do
+  local key = base .. ':ids:' .. month
+  for first = 1, #fields, 2 * CHUNK do
+    redis.call('HSET', key, unpack(fields, first, math.min(first + 2 * CHUNK - 1, #fields)))
+  end
+  redis.call('EXPIREAT', key, live[month])
 end
 
 -- The numbers notifications are decided from, read back as exact strings.

@@ -3,11 +3,15 @@
 -- Replaying the raw input could decide differently (an org or member that did not exist
 -- yet when the event first arrived); `usage.priced.v1` records what was decided, with the
 -- included/billed split, so the counters come back identical. Same writes, in the same
--- order, as apply_usage.lua; de-duplicated by event_id (the priced topic is at-least-once).
+-- order, as apply_usage.lua; de-duplicated by event_id (the priced topic is at-least-once)
+-- through the same marks, one hash per month ("<base>:ids:<month>"). Their expiry is set
+-- by `metering rebuild` once every priced event is re-applied (metering/enforcement/
+-- rebuild.py), so a month's duplicates are recognised until the end of the rebuild.
 --
 -- KEYS[1]  the org's key base
--- ARGV     6 values per priced event: event_id, digest, month, user_id, cost, included,
---          followed by the source partition and offset: 8 in all.
+-- ARGV     6 values per priced event: mark field (a digest of the event_id), payload
+--          digest, month, user_id, cost, included, followed by the source partition and
+--          offset: 8 in all.
 -- Returns the number of events applied.
 
 local base = KEYS[1]
@@ -35,7 +39,7 @@ for at = 1, #ARGV, STRIDE do
   local event_id, digest, month, user = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
   local cost, included = ARGV[at + 4], ARGV[at + 5]
   local partition, offset = ARGV[at + 6], ARGV[at + 7]
-  local ids = base .. ':ids'
+  local ids = base .. ':ids:' .. month
   if redis.call('HEXISTS', ids, event_id) == 0 then
     local spend = base .. ':spend:' .. month
     local billed = tonumber(cost) - tonumber(included)
