@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 from rich.table import Table
 
@@ -43,12 +45,26 @@ def _topics_table(topics: list[TopicState]) -> Table:
     return table
 
 
+def _settings(kafka_brokers: int | None) -> Settings:
+    return Settings() if kafka_brokers is None else Settings(kafka_brokers=kafka_brokers)
+
+
+BrokersOption = Annotated[
+    int | None,
+    typer.Option(
+        "--kafka-brokers",
+        help="run this many Kafka brokers (1, or 3 for a cluster that survives losing "
+        "one); default METERING_KAFKA_BROKERS",
+    ),
+]
+
+
 @app.command()
-def up() -> None:
+def up(kafka_brokers: BrokersOption = None) -> None:
     """Start Kafka and Redis unless they already answer, then create missing topics."""
     try:
         with console.status("starting the local stack…"):
-            components, topics = LocalStack(Settings()).up()
+            components, topics = LocalStack(_settings(kafka_brokers)).up()
     except StackError as exc:
         fail(str(exc))
     console.print(_components_table(components))
@@ -57,7 +73,8 @@ def up() -> None:
 
 @app.command()
 def down() -> None:
-    """Stop what `up` started (data under var/ is kept)."""
+    """Stop what `up` started, every broker of a cluster included (data under var/ is
+    kept)."""
     try:
         rows = LocalStack(Settings()).down()
     except StackError as exc:
@@ -66,10 +83,10 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
+def status(kafka_brokers: BrokersOption = None) -> None:
     """Show each component, its state and endpoint. Exit code 1 if Kafka or Redis is down."""
     try:
-        rows = LocalStack(Settings()).status()
+        rows = LocalStack(_settings(kafka_brokers)).status()
     except StackError as exc:
         fail(str(exc))
     console.print(_components_table(rows))
