@@ -104,14 +104,6 @@ class Settings(BaseSettings):
         default=12, ge=1, le=1000, description="partitions of each topic when `stack up` creates it"
     )
     kafka_heap: str = Field(default="768m", description="JVM heap of the local broker")
-    kafka_brokers: int = Field(
-        default=1,
-        ge=1,
-        le=5,
-        description="brokers `metering stack up` runs (KRaft, each also a controller voter; "
-        "node n at the bootstrap port + 10 × (n − 1)); with 3 or more, topics get 3 replicas "
-        "and `min.insync.replicas=2`",
-    )
     renewal_check_seconds: float = Field(
         default=60.0,
         ge=0,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 from rich.table import Table
 
@@ -45,26 +43,12 @@ def _topics_table(topics: list[TopicState]) -> Table:
     return table
 
 
-def _settings(kafka_brokers: int | None) -> Settings:
-    return Settings() if kafka_brokers is None else Settings(kafka_brokers=kafka_brokers)
-
-
-BrokersOption = Annotated[
-    int | None,
-    typer.Option(
-        "--kafka-brokers",
-        help="run this many Kafka brokers (1, or 3 for a cluster that survives losing "
-        "one); default METERING_KAFKA_BROKERS",
-    ),
-]
-
-
 @app.command()
-def up(kafka_brokers: BrokersOption = None) -> None:
+def up() -> None:
     """Start Kafka and Redis unless they already answer, then create missing topics."""
     try:
         with console.status("starting the local stack…"):
-            components, topics = LocalStack(_settings(kafka_brokers)).up()
+            components, topics = LocalStack(Settings()).up()
     except StackError as exc:
         fail(str(exc))
     console.print(_components_table(components))
@@ -73,8 +57,7 @@ def up(kafka_brokers: BrokersOption = None) -> None:
 
 @app.command()
 def down() -> None:
-    """Stop what `up` started, every broker of a cluster included (data under var/ is
-    kept)."""
+    """Stop what `up` started (data under var/ is kept)."""
     try:
         rows = LocalStack(Settings()).down()
     except StackError as exc:
@@ -83,10 +66,10 @@ def down() -> None:
 
 
 @app.command()
-def status(kafka_brokers: BrokersOption = None) -> None:
+def status() -> None:
     """Show each component, its state and endpoint. Exit code 1 if Kafka or Redis is down."""
     try:
-        rows = LocalStack(_settings(kafka_brokers)).status()
+        rows = LocalStack(Settings()).status()
     except StackError as exc:
         fail(str(exc))
     console.print(_components_table(rows))

@@ -14,14 +14,7 @@ import redis
 
 from metering.settings import Settings
 from metering.stack.endpoints import Endpoint, kafka_endpoint, redis_endpoint
-from metering.stack.kafka_broker import (
-    MAIN_CLASS,
-    KafkaBroker,
-    check_java,
-    cluster_home,
-    new_cluster_id,
-    resolve_classpath,
-)
+from metering.stack.kafka_broker import MAIN_CLASS, KafkaBroker, check_java, resolve_classpath
 from metering.stack.process import (
     StackError,
     port_open,
@@ -60,30 +53,12 @@ class LocalStack:
         self.settings = settings
         self.kafka_endpoint = kafka_endpoint(settings.kafka_bootstrap)
         self.redis_endpoint = redis_endpoint(settings.redis_url)
-        nodes = settings.kafka_brokers
-        self.kafka_nodes = [
-            KafkaBroker(settings.var_dir, self.kafka_endpoint, settings.kafka_heap, n, nodes)
-            for n in range(1, nodes + 1)
-        ]
-        self.kafka = self.kafka_nodes[0]
+        self.kafka = KafkaBroker(settings.var_dir, self.kafka_endpoint, settings.kafka_heap)
         self.redis = RedisServer(settings.var_dir, self.redis_endpoint)
 
     # -- queries ---------------------------------------------------------------
     def _kafka_pid(self) -> int | None:
         return read_pid(self.kafka.pid_file, MAIN_CLASS)
-
-    def node_pid(self, node: KafkaBroker) -> int | None:
-        return read_pid(node.pid_file, MAIN_CLASS)
-
-    def _brokers_answering(self) -> int:
-        """How many brokers the cluster's metadata lists (0: none answers)."""
-        if not port_open(self.kafka_endpoint.connect_host, self.kafka_endpoint.port):
-            return 0
-        try:
-            metadata = admin_client(self.settings.kafka_bootstrap).list_topics(timeout=2)
-        except Exception:
-            return 0
-        return len(metadata.brokers)
 
     def _redis_pid(self) -> int | None:
         return read_pid(self.redis.pid_file, MAIN_MARKER)
@@ -115,24 +90,18 @@ class LocalStack:
             return State.RUNNING
         return State.EXTERNAL if answers else State.DOWN
 
-    def _node_status(self, node: KafkaBroker) -> ComponentStatus:
-        pid = self.node_pid(node)
-        answers = port_open(node.endpoint.connect_host, node.endpoint.port)
-        if node.nodes == 1:
-            answers = self._kafka_answers()
-        return ComponentStatus(
-            node.name,
-            self._state(pid, answers),
-            str(node.endpoint),
-            pid,
-            f"log {node.log_file}" if pid else "",
-        )
-
     def status(self) -> list[ComponentStatus]:
-        redis_pid = self._redis_pid()
+        kafka_pid, redis_pid = self._kafka_pid(), self._redis_pid()
+        kafka_state = self._state(kafka_pid, self._kafka_answers())
         redis_state = self._state(redis_pid, self._redis_answers())
         return [
-            *(self._node_status(node) for node in self.kafka_nodes),
+            ComponentStatus(
+                "kafka",
+                kafka_state,
+                str(self.kafka_endpoint),
+                kafka_pid,
+                f"log {self.kafka.log_file}" if kafka_pid else "",
+            ),
             ComponentStatus(
                 "redis",
                 redis_state,
@@ -155,57 +124,6 @@ class LocalStack:
                 "so `metering stack up` cannot start it"
             )
 
-    def _up_kafka_nodes(self) -> list[ComponentStatus]:
-        """Start every node of a several-broker stack that is not running, then wait until
-        the cluster lists them all."""
-        for node in self.kafka_nodes:
-            if not node.endpoint.is_local:
-                self._refuse_remote("Kafka", node.endpoint)
-        single = KafkaBroker(self.settings.var_dir, self.kafka_endpoint, self.settings.kafka_heap)
-        if self.node_pid(single) is not None:
-            raise StackError(
-                f"this stack's single-node Kafka runs on {single.endpoint}: stop it "
-                "(`metering stack down`) before starting a cluster of "
-                f"{len(self.kafka_nodes)} (its data stays in {single.home})"
-            )
-        java, classpath = check_java(), resolve_classpath()
-        id_file = cluster_home(self.settings.var_dir) / "cluster.id"
-        if not id_file.exists():
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(new_cluster_id())
-        cluster_id = id_file.read_text().strip()
-        started: dict[str, tuple[int, bool]] = {}
-        for node in self.kafka_nodes:
-            if self.node_pid(node) is not None or port_open(
-                node.endpoint.connect_host, node.endpoint.port
-            ):
-                continue
-            node.write_config()
-            formatted = node.format_storage_once(java, classpath, cluster_id)
-            pid = spawn(node.command(java, classpath), node.stdout_file, node.pid_file)
-            started[node.name] = (pid, formatted)
-        wanted = len(self.kafka_nodes)
-        wait_until(
-            lambda: self._brokers_answering() >= wanted,
-            KAFKA_START_TIMEOUT_S,
-            f"{wanted} Kafka brokers (logs under {cluster_home(self.settings.var_dir)})",
-            lambda: all(self.node_pid(n) is not None for n in self._started(started)),
-        )
-        statuses = []
-        for node in self.kafka_nodes:
-            if node.name in started:
-                pid, formatted = started[node.name]
-                detail = "storage formatted" if formatted else ""
-                statuses.append(
-                    ComponentStatus(node.name, State.STARTED, str(node.endpoint), pid, detail)
-                )
-            else:
-                statuses.append(self._node_status(node))
-        return statuses
-
-    def _started(self, names: dict[str, tuple[int, bool]]) -> list[KafkaBroker]:
-        return [node for node in self.kafka_nodes if node.name in names]
-
     def _up_kafka(self) -> ComponentStatus:
         pid = self._kafka_pid()
         if pid is not None or self._kafka_answers():
@@ -221,7 +139,7 @@ class LocalStack:
         java = check_java()
         classpath = resolve_classpath()
         self.kafka.write_config()
-        formatted = self.kafka.format_storage_once(java, classpath, new_cluster_id())
+        formatted = self.kafka.format_storage_once(java, classpath)
         pid = spawn(
             self.kafka.command(java, classpath), self.kafka.stdout_file, self.kafka.pid_file
         )
@@ -256,10 +174,7 @@ class LocalStack:
 
     def up(self) -> tuple[list[ComponentStatus], list[TopicState]]:
         """Start what is not running, then create missing topics. Safe to repeat."""
-        if len(self.kafka_nodes) > 1:
-            components = [*self._up_kafka_nodes(), self._up_redis()]
-        else:
-            components = [self._up_kafka(), self._up_redis()]
+        components = [self._up_kafka(), self._up_redis()]
         topics = ensure_topics(
             admin_client(self.settings.kafka_bootstrap),
             self.settings.topic_partitions,
@@ -268,39 +183,16 @@ class LocalStack:
         return components, topics
 
     # -- down ------------------------------------------------------------------
-    def _cluster_nodes_found(self) -> list[KafkaBroker]:
-        """The nodes of a several-broker stack under var/, whatever METERING_KAFKA_BROKERS
-        says now: `down` stops every node `up --kafka-brokers N` started."""
-        home = cluster_home(self.settings.var_dir)
-        found = sorted(home.glob("node-*/broker.pid")) if home.exists() else []
-        count = max((int(p.parent.name.removeprefix("node-")) for p in found), default=0)
-        if count <= 1:
-            return [n for n in self.kafka_nodes if n.nodes > 1]
-        return [
-            KafkaBroker(
-                self.settings.var_dir, self.kafka_endpoint, self.settings.kafka_heap, n, count
-            )
-            for n in range(1, count + 1)
-        ]
-
-    def stop_node(self, node: KafkaBroker) -> bool:
-        return terminate(node.pid_file, MAIN_CLASS)
-
     def down(
         self, components: frozenset[str] = frozenset({"kafka", "redis"})
     ) -> list[ComponentStatus]:
         """Stop what this stack started (of `components`); leave external services alone."""
         results = []
-        if "kafka" in components:
-            for node in self._cluster_nodes_found():
-                stopped = self.stop_node(node)
-                state = State.STOPPED if stopped else State.DOWN
-                results.append(ComponentStatus(node.name, state, str(node.endpoint)))
         for name, pid_file, marker, endpoint, answers in (
             ("kafka", self.kafka.pid_file, MAIN_CLASS, self.kafka_endpoint, self._kafka_answers),
             ("redis", self.redis.pid_file, MAIN_MARKER, self.redis_endpoint, self._redis_answers),
         ):
-            if name not in components or (name == "kafka" and len(self.kafka_nodes) > 1):
+            if name not in components:
                 continue
             if terminate(pid_file, marker):
                 results.append(ComponentStatus(name, State.STOPPED, str(endpoint)))
