@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from billing.pricing import PriceBook, default_price_book_text
@@ -13,6 +15,14 @@ from metering.topics import TopicNames
 from schemas.money import parse_usd
 
 MAX_TOKEN_TTL_HOURS = 90 * 24  # 90 days (docs/decisions.md › HTTP API)
+
+
+def redis_url_db(url: str) -> int | None:
+    """The database a Redis URL selects, as redis-py reads it (`?db=`, else the path;
+    0 when neither names one); None if it is not a number."""
+    parts = urlsplit(url)
+    text = parse_qs(parts.query).get("db", [parts.path.strip("/") or "0"])[0]
+    return int(text) if text.isdigit() else None
 
 
 class Settings(BaseSettings):
@@ -30,6 +40,11 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field(
         default="redis://localhost:6379/0", description="Redis; started by `stack up` when local"
+    )
+    redis_cluster: bool = Field(
+        default=False,
+        description="Redis Cluster: METERING_REDIS_URL names any one node; `stack up` starts "
+        "six local nodes at its port and the five above",
     )
     clickhouse_url: str = Field(
         default="",
@@ -143,6 +158,18 @@ class Settings(BaseSettings):
         description="consumer group (faust app id) of the workers' account processor; their "
         "usage hot path's group is this name followed by `.usage`",
     )
+
+    @model_validator(mode="after")
+    def _cluster_has_only_db_0(self) -> Self:
+        # Redis Cluster serves database 0 only (SELECT is refused), so a URL naming
+        # another one would fail on the first command rather than here.
+        db = redis_url_db(self.redis_url)
+        if self.redis_cluster and db != 0:
+            raise ValueError(
+                f"METERING_REDIS_URL {self.redis_url!r} selects database {db}, but a Redis "
+                "Cluster (METERING_REDIS_CLUSTER=true) has only database 0: end the URL with /0"
+            )
+        return self
 
     @property
     def usage_group_id(self) -> str:

@@ -32,8 +32,6 @@ from collections.abc import Sequence
 from threading import Event
 
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from metering import kafka_clients
 from metering.batch_loop import Abandoned, BatchLoop
@@ -54,6 +52,7 @@ from metering.metrics import (
     WORKER_EVENTS_CONSUMED,
     record_worker_batch,
 )
+from metering.redis_clients import REDIS_RETRYABLE, sync_client_when_reachable
 from metering.retry import backoff_s
 from metering.settings import Settings
 
@@ -61,7 +60,6 @@ log = logging.getLogger("metering.worker")
 
 MAX_RECORDS = 5000  # per consumed batch
 MAX_IN_FLIGHT = 3  # batches applied and produced, waiting for the broker's acks
-RETRYABLE_REDIS = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _Batch:
@@ -141,7 +139,7 @@ class UsageWork:
         try:
             batch.sent_at = time.perf_counter()
             batch.sent = self._processor.send(batch.prepared)
-        except RETRYABLE_REDIS as exc:  # sent again when its replies are due
+        except REDIS_RETRYABLE as exc:  # sent again when its replies are due
             log.warning("sending a usage batch to Redis failed (%s); retrying", exc)
             batch.sent = None
 
@@ -160,7 +158,7 @@ class UsageWork:
             replies, batch.sent = batch.sent.replies(), None
             REDIS_APPLY_USAGE.observe(time.perf_counter() - batch.sent_at)
             result = self._processor.finish(batch.prepared, replies)
-        except RETRYABLE_REDIS as exc:
+        except REDIS_RETRYABLE as exc:
             batch.sent = None
             self._apply_retries.inc()
             delay = backoff_s(batch.attempt)
@@ -215,7 +213,7 @@ class UsageWork:
         if batch.result.marks:
             try:
                 record_marks_sync(self._redis, self._prefix, batch.result.marks)
-            except RETRYABLE_REDIS as exc:  # tried again on the next turn
+            except REDIS_RETRYABLE as exc:  # tried again on the next turn
                 log.warning("recording notification marks failed (%s); retrying", exc)
                 return
         self._delivery_seconds.observe(now - batch.produced_at)
@@ -223,8 +221,7 @@ class UsageWork:
         batch.settled_flag = True
 
 
-def usage_loop(settings: Settings) -> BatchLoop:
-    client = redis.Redis.from_url(settings.redis_url)
+def usage_loop(settings: Settings, client: redis.Redis) -> BatchLoop:
     processor = UsageProcessor(
         client,
         settings.load_price_book(),
@@ -274,4 +271,6 @@ def usage_loop(settings: Settings) -> BatchLoop:
 
 def run_usage_path(settings: Settings, stop: Event) -> None:
     """Until `stop` is set (then what is in flight settles and is committed)."""
-    usage_loop(settings).run(stop)
+    client = sync_client_when_reachable(settings, stop)
+    if client is not None:
+        usage_loop(settings, client).run(stop)

@@ -36,8 +36,6 @@ from typing import Any, NoReturn, Protocol
 import faust
 from confluent_kafka import KafkaException
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.batch_result import BatchResult
@@ -57,6 +55,7 @@ from metering.metrics import (
     record_worker_batch,
     serve,
 )
+from metering.redis_clients import REDIS_RETRYABLE, async_client
 from metering.retry import RETRY_BACKOFF_S, backoff_s
 from metering.settings import Settings
 from metering.topics import wait_for_topics
@@ -72,7 +71,7 @@ EXIT_UNEXPECTED = 70
 USAGE_STOP_TIMEOUT_S = 30.0  # on shutdown: the usage loop settles what is in flight
 NEW_MONTH_CHECK_S = 60.0
 LAG_REFRESH_S = 5.0  # how often the consumer-lag gauge is recomputed (no I/O: cached offsets)
-RETRYABLE = (RedisConnectionError, RedisTimeoutError, KafkaException, PublishFailed, OSError)
+RETRYABLE: tuple[type[Exception], ...] = (*REDIS_RETRYABLE, KafkaException, PublishFailed)
 
 
 class Processor(Protocol):
@@ -235,7 +234,7 @@ def add_account_processor(
 
 def create_app(settings: Settings) -> faust.App:
     app = faust_app(settings)
-    client = Redis.from_url(settings.redis_url)
+    client = async_client(settings)
     publisher = Publisher(settings.kafka_bootstrap)
     topics = settings.topics
     add_account_processor(app, settings, client, publisher)

@@ -11,6 +11,7 @@ idempotency and write timeouts: `deps.py` and `commands.py`.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +23,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from redis.asyncio import Redis
 from starlette.types import Receive, Scope, Send
 
 from metering.api import console_pages, notification_endpoints
@@ -40,7 +40,10 @@ from metering.api.tokens import TokenCache, load_secret
 from metering.clickhouse.store import Store
 from metering.emitter import Emitter
 from metering.gate import READ_SCRIPT, Gate
+from metering.redis_clients import REDIS_UNAVAILABLE, REDIS_UNAVAILABLE_DETAIL, async_client
 from metering.settings import Settings
+
+log = logging.getLogger("metering.api")
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     # 400: a body that is not UTF-8 (FastAPI: "There was an error parsing the body").
@@ -105,9 +108,14 @@ def create_api(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         secret = load_secret(settings.api_secret, settings.var_dir)  # fails before anything starts
-        client = Redis.from_url(settings.redis_url)
-        # The gate's script over a connection of its own, when the URL is a plain one.
-        gate_script = ScriptConnection.for_url(settings.redis_url, READ_SCRIPT)
+        client = async_client(settings)
+        # The gate's script over a connection of its own, when the URL is a plain one and
+        # names a single server (a cluster's gate calls go through redis-py's routing).
+        gate_script = (
+            None
+            if settings.redis_cluster
+            else ScriptConnection.for_url(settings.redis_url, READ_SCRIPT)
+        )
         book = settings.load_price_book()
         emitter = Emitter(
             settings.kafka_bootstrap,
@@ -161,6 +169,8 @@ def create_api(
         openapi_url="/openapi.json" if docs else None,
     )
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    for error in REDIS_UNAVAILABLE:
+        app.add_exception_handler(error, _redis_unavailable)
     app.add_exception_handler(Exception, _internal_error)
     app.include_router(router)
     app.include_router(console_router)
@@ -201,6 +211,15 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
             error["ctx"] = {name: _short(value) for name, value in error["ctx"].items()}
         errors.append(error)
     return JSONResponse(status_code=422, content={"detail": errors})
+
+
+async def _redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Redis did not answer, or a Redis Cluster is moving a slot or failing over: the
+    same request succeeds shortly (a 503 with Retry-After, not a 500)."""
+    log.warning("Redis unavailable for %s: %s", request.url.path, exc)
+    return JSONResponse(
+        status_code=503, content={"detail": REDIS_UNAVAILABLE_DETAIL}, headers={"Retry-After": "1"}
+    )
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

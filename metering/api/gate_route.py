@@ -18,6 +18,7 @@ FastAPI unchanged, so those answers are FastAPI's own; so is every other request
 
 from __future__ import annotations
 
+import logging
 import re
 from time import perf_counter
 from urllib.parse import parse_qsl
@@ -36,8 +37,11 @@ from metering.api.instrumentation import RequestMetrics
 from metering.api.models import Authorization
 from metering.api.tokens import Caller, InvalidToken
 from metering.metrics import GATE_DECISIONS
+from metering.redis_clients import REDIS_UNAVAILABLE, REDIS_UNAVAILABLE_DETAIL
 from schemas.common import ID_MAX_LENGTH
 from schemas.usage import Surface
+
+log = logging.getLogger("metering.api")
 
 # ID_PATTERN, matched whole: FastAPI's check (pydantic's regex) lets through exactly
 # these, so an id that matches here is one the route takes too; any other is the
@@ -130,6 +134,13 @@ class GateFastPath:
             await send({"type": "http.response.start", "status": answer[0], "headers": answer[1]})
             status = answer[0]
             await send({"type": "http.response.body", "body": answer[2]})
+        except REDIS_UNAVAILABLE as exc:  # as the app's handler (app._redis_unavailable)
+            log.warning("Redis unavailable for the gate: %s", exc)
+            if started_response:
+                raise
+            status, headers, body = _problem(503, REDIS_UNAVAILABLE_DETAIL, {"Retry-After": "1"})
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
         except Exception:
             # As the app's ServerErrorMiddleware with its handler (app._internal_error): a
             # JSON 500 if nothing was sent yet, and the exception on to the server's log.

@@ -84,14 +84,7 @@ def dashboard(
         members = Table(
             "member", "events", "billed (USD)", "cap (USD)", "status", title=f"{org}, {month}"
         )
-        for member in read_member_board(
-            settings.redis_url,
-            settings.load_price_book(),
-            store,
-            org,
-            month,
-            prefix=settings.redis_prefix,
-        ):
+        for member in read_member_board(settings, store, org, month):
             members.add_row(
                 member.user_id,
                 f"{member.events:,}",

@@ -5,18 +5,18 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-import redis
 import typer
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from metering.cli.output import console
 from metering.enforcement.rebuild import rebuild as run_rebuild
+from metering.redis_clients import sync_client
 from metering.settings import Settings
 
 
 def _flush(settings: Settings) -> int:
     """Delete the projection's keys: the whole keyspace of a prefix, or FLUSHDB."""
-    client = redis.Redis.from_url(settings.redis_url)
+    client = sync_client(settings)
     try:
         if not settings.redis_prefix:
             count = int(client.dbsize())

@@ -6,7 +6,6 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-import redis
 import typer
 
 from metering.api.revocations import revoke as revoke_service
@@ -16,6 +15,7 @@ from metering.api.session import login_link as login_link_url
 from metering.api.tokens import check_name, load_secret
 from metering.api.tokens import issue as issue_token
 from metering.cli.output import console, fail
+from metering.redis_clients import sync_client
 from metering.settings import MAX_TOKEN_TTL_HOURS, Settings
 
 app = typer.Typer(help="Bearer tokens for the HTTP API (signed with METERING_API_SECRET).")
@@ -73,7 +73,7 @@ def revoke(
     except ValueError as exc:
         fail(str(exc))
     now = datetime.now(UTC)
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with sync_client(settings) as client:
         revoke_service(client, settings.redis_prefix, service, int(now.timestamp()))
     console.print(f"tokens of service {service} issued until {now:%Y-%m-%d %H:%M:%S} UTC revoked")
 
@@ -82,7 +82,7 @@ def revoke(
 def revoked() -> None:
     """List the revoked services and since when their tokens are refused."""
     settings = Settings()
-    with redis.Redis.from_url(settings.redis_url) as client:
+    with sync_client(settings) as client:
         listed = revoked_services(client, settings.redis_prefix)
     for name, moment in sorted(listed.items()):
         until = datetime.fromtimestamp(moment, UTC)

@@ -21,6 +21,8 @@ from metering.clickhouse.queries import member_spend
 from metering.clickhouse.store import Store
 from metering.enforcement.org_state import read_org_state
 from metering.enforcement.records import month_of
+from metering.redis_clients import async_client
+from metering.settings import Settings
 from schemas.usage import Surface
 
 
@@ -70,15 +72,21 @@ async def member_board(
 
 
 def read_member_board(
-    redis_url: str, book: PriceBook, store: Store, org_id: str, month: str, *, prefix: str = ""
+    settings: Settings, store: Store, org_id: str, month: str
 ) -> list[MemberStatus]:
     """`member_board` for synchronous callers (the CLI), with a client of its own."""
 
     async def read() -> list[MemberStatus]:
-        client = Redis.from_url(redis_url)
+        client = async_client(settings)
         try:
             return await member_board(
-                store, client, book, org_id, month, now=datetime.now(UTC), prefix=prefix
+                store,
+                client,
+                settings.load_price_book(),
+                org_id,
+                month,
+                now=datetime.now(UTC),
+                prefix=settings.redis_prefix,
             )
         finally:
             await client.aclose()

@@ -34,7 +34,7 @@ from metering.enforcement.keys import STOPPED, OrgKeys, notified_suffix, term_en
 from metering.enforcement.notify import publish_due
 from metering.enforcement.org_state import OrgState
 from metering.enforcement.records import OutputMessage, SourceRecord, digest, month_of
-from metering.enforcement.scripts import Scripts
+from metering.enforcement.scripts import Scripts, queue_script, run_queued
 from metering.enforcement.state_codec import (
     cap_fields,
     decode_account,
@@ -117,7 +117,7 @@ class AccountProcessor(BatchProcessor):
 
         ordered = list(groups.items())
         loaded = await self._load(ordered)
-        write = self._redis.pipeline(transaction=False)
+        writes: list[tuple[str, int, list[Any]]] = []  # org, term end (ordinal), args
         changed: dict[str, tuple[OrgAccount, SourceRecord]] = {}
         written: list[tuple[list[_Parsed], int, BatchResult]] = []
         for ((org_id, partition), parsed), org in zip(ordered, loaded, strict=True):
@@ -136,18 +136,22 @@ class AccountProcessor(BatchProcessor):
                 args += _flat(meta_fields(state)) + _flat(member_fields(state))
                 args += _flat(cap_fields(state)) + _flat(org.new_marks)
                 args += _flat(org.new_invoices) + _flat(org.new_outcomes)
-                # The renewal timer's index, before the state it indexes: whenever a state
-                # is stored its term end is indexed, even if the process dies in between.
-                write.zadd(term_ends_key(self._prefix), {org_id: renewal_date(state).toordinal()})
-                await self._scripts.apply_account(
-                    keys=[OrgKeys(self._prefix, org_id).base], args=args, client=write
-                )
+                writes.append((org_id, renewal_date(state).toordinal(), args))
                 changed[org_id] = (state, parsed[-1].record)
                 written.append((parsed, org.stored_offset, group))
             else:
                 _merge(result, group)
+        script, index = self._scripts.apply_account, term_ends_key(self._prefix)
+
+        def queue(pipe: Any) -> None:
+            for org_id, term_end, args in writes:
+                # The renewal timer's index, before the state it indexes: whenever a state
+                # is stored its term end is indexed, even if the process dies in between.
+                pipe.zadd(index, {org_id: term_end})
+                queue_script(pipe, script, OrgKeys(self._prefix, org_id).script_keys, args)
+
         started = perf_counter()
-        replies = await write.execute(raise_on_error=False)
+        replies = await run_queued(self._redis, [script], queue) if writes else []
         REDIS_APPLY_ACCOUNTS.observe(perf_counter() - started)
         # Each stored state is two commands: its renewal index entry, then its script.
         for (parsed, stored_offset, group), reply in zip(written, replies[1::2], strict=True):

@@ -25,6 +25,20 @@ class OrgKeys:
         return f"{self.prefix}{{{self.org_id}}}"
 
     @property
+    def script_keys(self) -> list[str]:
+        """The keys every Lua script of the org declares: its key base (which is never a
+        key itself; the script derives the org's key names from it) and its meta hash.
+
+        Why two, one of them never present: while Redis Cluster migrates the org's hash
+        slot, some of its keys are on the old node and some on the new one. A script
+        declaring one missing key would be redirected (`ASK`) to the new node and run
+        there against half of the org's state (a mark not moved yet looks absent: the
+        event would count twice). With two declared keys, one always missing, both nodes
+        answer `TRYAGAIN` until the slot has moved, and the caller retries. Outside a
+        migration this changes nothing."""
+        return [self.base, self.meta]
+
+    @property
     def account(self) -> str:
         """JSON of the folded OrgAccount (the account processor's own state)."""
         return f"{self.base}:account"

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-from redis.asyncio import Redis
 
 from metering import kafka_clients
 from metering.enforcement.account_processor import AccountProcessor
@@ -31,8 +30,9 @@ from metering.enforcement.batch_result import Mark
 from metering.enforcement.keys import OrgKeys
 from metering.enforcement.notify import queue_marks
 from metering.enforcement.records import SourceRecord, month_of, source_record
-from metering.enforcement.scripts import Scripts
+from metering.enforcement.scripts import Scripts, run_pipelined
 from metering.enforcement.usage_marks import expire_at, mark_field, needed_until, payload_digest
+from metering.redis_clients import async_client
 from metering.settings import Settings
 from metering.topics import admin_client
 from schemas.outputs import PricedUsage
@@ -93,7 +93,7 @@ async def rebuild(
     max_age = timedelta(days=settings.max_event_age_days)
     now = datetime.now(UTC)
     marked: set[tuple[str, str]] = set()  # (org, month) whose marks were written
-    client = Redis.from_url(settings.redis_url)
+    client = async_client(settings)
     prefix, topics = settings.redis_prefix, settings.topics
     tick = progress or (lambda _stage, _n: None)
     try:
@@ -123,12 +123,9 @@ async def rebuild(
                     str(priced.source_partition),
                     str(priced.source_offset),
                 ]
-            pipe = client.pipeline(transaction=False)
-            for org_id, args in by_org.items():
-                await scripts.restore_usage(
-                    keys=[OrgKeys(prefix, org_id).base], args=args, client=pipe
-                )
-            report.usage_applied += sum(await pipe.execute())
+            calls = [(OrgKeys(prefix, org_id).script_keys, args) for org_id, args in by_org.items()]
+            replies = await run_pipelined(client, scripts.restore_usage, calls)
+            report.usage_applied += sum(replies)
             report.priced_events += len(batch)
             tick("priced usage", len(batch))
         pipe = client.pipeline(transaction=False)

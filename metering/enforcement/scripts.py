@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -10,6 +10,14 @@ import redis
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError, ResponseError
+
+from metering.redis_clients import (
+    REDIS_RETRYABLE,
+    is_cluster,
+    raise_transient,
+    refresh_slots,
+    refresh_slots_async,
+)
 
 
 def _source(name: str) -> str:
@@ -33,7 +41,10 @@ def usage_script(client: redis.Redis) -> Script:
 
 def _queue(pipe: Any, sha: str, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> None:
     for keys, args in calls:
-        pipe.evalsha(sha, len(keys), *keys, *args)
+        # As a raw command: redis-py's cluster pipeline blocks its `evalsha` method (it
+        # cannot load scripts on the nodes), but routes a raw EVALSHA by its keys' slot;
+        # loading is done here (NOSCRIPT below).
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
 
 def _missing_script(replies: list[Any]) -> NoScriptError | None:
@@ -46,37 +57,63 @@ def _raise_first_error(replies: list[Any]) -> None:
             raise reply
 
 
-async def run_pipelined(
-    client: Redis,
-    script: AsyncScript,
-    calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
-    *,
-    raise_on_error: bool = True,
+async def run_queued(
+    client: Redis, scripts: Sequence[AsyncScript], queue: Callable[[Any], None]
 ) -> list[Any]:
-    """Run `script` once per (keys, args) of `calls`, in one pipelined round trip, by SHA.
+    """The commands `queue` puts on a pipeline (not a transaction), in one round trip;
+    `scripts` are the scripts among them, queued by SHA with `queue_script`. Every reply
+    in its place, error replies included — except the ones below.
 
     redis-py checks a pipeline's registered scripts with SCRIPT EXISTS before every
-    execution, a second round trip per batch; here the SHA is sent as is, and after a
-    NOSCRIPT (Redis restarted or its scripts flushed) the script is loaded and the whole
-    pipeline run again — which callers' scripts must allow (ours are idempotent).
+    execution, a second round trip per batch; here SHAs are sent as they are, and after a
+    NOSCRIPT (Redis restarted, its scripts flushed, or a cluster node that never ran
+    them) the scripts are loaded and the whole pipeline run again — which the queued
+    commands must allow (ours are idempotent).
 
-    With `raise_on_error=False` a call the script failed (`ResponseError`) is returned in
-    its place instead of raised, so one org's failure does not stop the others'.
-    Connection errors are raised either way."""
+    A connection error is raised, and so is a reply saying a Redis Cluster is moving a
+    slot or failing over (`RedisUnsettled`): the caller retries, it is never one org's
+    failure. On a cluster the pipeline is redis-py's: commands grouped per node (by hash
+    slot), `MOVED`/`ASK` followed."""
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
-        _queue(pipe, script.sha, calls)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        queue(pipe)
+        try:
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+            raise_transient(replies)
+        except REDIS_RETRYABLE:
+            await refresh_slots_async(client)
+            raise
         missing = _missing_script(replies)
         if missing is not None:
             if attempt:
                 raise missing
-            script.sha = await client.script_load(script.script)
+            for script in scripts:
+                script.sha = await client.script_load(script.script)
             continue
-        if raise_on_error:
-            _raise_first_error(replies)
         return replies
     raise AssertionError("unreachable")
+
+
+def queue_script(
+    pipe: Any, script: AsyncScript | Script, keys: Sequence[Any], args: Sequence[Any]
+) -> None:
+    """One call of `script`, by SHA, on a pipeline of `run_queued`."""
+    _queue(pipe, script.sha, [(keys, args)])
+
+
+async def run_pipelined(
+    client: Redis, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run `script` once per (keys, args) of `calls`, in one round trip (`run_queued`);
+    an error reply is raised."""
+
+    def queue(pipe: Any) -> None:
+        for keys, args in calls:
+            queue_script(pipe, script, keys, args)
+
+    replies = await run_queued(client, [script], queue)
+    _raise_first_error(replies)
+    return replies
 
 
 def run_pipelined_sync(
@@ -86,11 +123,19 @@ def run_pipelined_sync(
     *,
     raise_on_error: bool = True,
 ) -> list[Any]:
-    """`run_pipelined` for a synchronous client."""
+    """Run `script` once per (keys, args) of `calls`, in one pipelined round trip, by SHA
+    (synchronous client; the NOSCRIPT and cluster handling of `run_queued`). With
+    `raise_on_error=False` a call the script failed (`ResponseError`) is returned in its
+    place instead of raised, so one org's failure does not stop the others'."""
     for attempt in range(2):
         pipe = client.pipeline(transaction=False)
         _queue(pipe, script.sha, calls)
-        replies: list[Any] = pipe.execute(raise_on_error=False)
+        try:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+            raise_transient(replies)
+        except REDIS_RETRYABLE:
+            refresh_slots(client)
+            raise
         missing = _missing_script(replies)
         if missing is not None:
             if attempt:
@@ -108,8 +153,12 @@ class SentScriptCalls:
     works meanwhile while Redis runs them (synchronous client). `replies()` once.
 
     A connection error is raised (the connection is dropped; the calls may have run:
-    ours are idempotent, so the caller runs them again). After a NOSCRIPT the script is
-    loaded and every call run again."""
+    ours are idempotent, so the caller runs them again), as is a reply saying the
+    cluster is not settled (`run_queued`). After a NOSCRIPT the script is loaded and
+    every call run again.
+
+    On a Redis Cluster the calls go to several nodes: they run, through redis-py's
+    cluster pipeline, when `replies()` is read (no overlap with the caller's work)."""
 
     def __init__(
         self,
@@ -121,7 +170,8 @@ class SentScriptCalls:
         self._script = script
         self._calls = calls
         self._connection: Any = None
-        if not calls:
+        self._read = False
+        if not calls or is_cluster(client):
             return
         pool = client.connection_pool
         # redis-py's connection methods are untyped: the connection is held as Any.
@@ -140,11 +190,14 @@ class SentScriptCalls:
 
     def replies(self) -> list[Any]:
         """Each call's reply, or the `ResponseError` Redis answered it with."""
+        if self._read:
+            raise RuntimeError("replies() is read once")
+        self._read = True
         connection, self._connection = self._connection, None
         if connection is None:
-            if self._calls:
-                raise RuntimeError("replies() is read once")
-            return []
+            if not self._calls:
+                return []
+            return run_pipelined_sync(self._client, self._script, self._calls, raise_on_error=False)
         replies: list[Any] = []
         try:
             for _ in self._calls:
@@ -159,4 +212,5 @@ class SentScriptCalls:
             self._client.connection_pool.release(connection)
         if _missing_script(replies) is not None:
             return run_pipelined_sync(self._client, self._script, self._calls, raise_on_error=False)
+        raise_transient(replies)
         return replies

@@ -314,7 +314,7 @@ class UsageProcessor(BatchProcessor):
             )
             for v in events
         ]
-        return [OrgKeys(self._prefix, org_id).base], args
+        return OrgKeys(self._prefix, org_id).script_keys, args
 
     def _months(self, org_id: str, events: list[_Valid]) -> tuple[str, str]:
         """The script's month arguments: the months whose marks are looked up, each with

@@ -66,6 +66,7 @@ from metering.notify.channels import (
 )
 from metering.notify.messages import email_message, webhook_body
 from metering.notify.secrets import signing_key, webhook_secret
+from metering.redis_clients import REDIS_RETRYABLE, async_client
 from metering.retry import backoff_s
 from metering.settings import Settings
 from metering.topics import wait_for_topics
@@ -79,6 +80,9 @@ from schemas.outputs import (
     NotificationKind,
 )
 from schemas.validation import encode_event
+
+# Any Redis failure is retried here (cluster ones included): losing Redis only repeats.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, *REDIS_RETRYABLE)
 
 log = logging.getLogger("metering.notifier")
 
@@ -389,7 +393,7 @@ class Notifier:
         while True:
             try:
                 return await call()
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 await _backoff(attempt, what, exc)
                 attempt += 1
 
@@ -495,7 +499,7 @@ def create_app(settings: Settings) -> faust.App:
         stream_wait_empty=False,
         broker_commit_livelock_soft_timeout=settings.notify_retry_max_seconds * 2 + 300,
     )
-    redis = Redis.from_url(settings.redis_url)
+    redis = async_client(settings)
     publisher = Publisher(settings.kafka_bootstrap)
     topics = settings.topics
     holder: dict[str, Notifier] = {}

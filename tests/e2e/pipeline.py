@@ -16,14 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
-from redis.asyncio import Redis as AsyncRedis
 
 from billing.enforcement import Decision
 from metering import faults
 from metering.emitter import Emitter
 from metering.gate import Gate, UnknownOrgError
+from metering.redis_clients import async_client, sync_client
 from metering.settings import Settings
 from metering.topics import TopicNames, admin_client, consumer_lag, ensure_topics, groups_lag
 from schemas.account import ACCOUNT_EVENT_ADAPTER, AccountOutcome
@@ -234,7 +233,7 @@ class Pipeline:
         clock = (lambda: at) if at else (lambda: datetime.now(UTC))
 
         async def check() -> Decision:
-            client = AsyncRedis.from_url(self.settings.redis_url)
+            client = async_client(self.settings)
             try:
                 gate = Gate(
                     client,
@@ -291,7 +290,7 @@ def new_pipeline(base: Settings, log_dir: Path, *, create_topics: bool = True) -
 
 def cleanup(pipeline: Pipeline) -> None:
     pipeline.close()
-    client = redis.Redis.from_url(pipeline.settings.redis_url)
+    client = sync_client(pipeline.settings)
     keys = list(client.scan_iter(match=f"{pipeline.settings.redis_prefix}*", count=1000))
     if keys:
         client.delete(*keys)

@@ -50,14 +50,7 @@ FROM metering.usage_events GROUP BY org_id, month
 
 def board(pipeline: Pipeline, store: Store, org: str, month: str) -> list[MemberStatus]:
     settings = pipeline.settings
-    return read_member_board(
-        settings.redis_url,
-        settings.load_price_book(),
-        store,
-        org,
-        month,
-        prefix=settings.redis_prefix,
-    )
+    return read_member_board(settings, store, org, month)
 
 
 def test_rows_equal_accepted_events_and_rollups_equal_rows(pipeline: Pipeline) -> None:

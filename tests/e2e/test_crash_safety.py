@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import redis
 
+from metering.redis_clients import sync_client
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.reference import RATES, Reference
 from tests.e2e.scenario import account
@@ -140,7 +140,7 @@ def threshold_notifications(pipeline: Pipeline) -> set[tuple[str, str | None, st
 
 
 def redis_state(pipeline: Pipeline, reference: Reference, month: str) -> dict[str, Any]:
-    client = redis.Redis.from_url(pipeline.settings.redis_url, decode_responses=True)
+    client = sync_client(pipeline.settings, decode_responses=True)
     prefix = pipeline.settings.redis_prefix
     state = {}
     for org in reference.orgs:

@@ -7,8 +7,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
 
+from metering.redis_clients import sync_client
 from schemas.validation import InvalidEvent, Reason, parse_account_event
 from tests.e2e.pipeline import Pipeline
 from tests.e2e.scenario import OWNER, account, new_org, spend, usage
@@ -236,7 +236,7 @@ def test_usage_before_its_org_is_dead_lettered_and_redriven(pipeline: Pipeline) 
     pipeline.wait_for(lambda p: len(p.priced()) == 1)
     pipeline.wait_caught_up()
     assert [e["event"]["event_id"] for e in pipeline.priced()] == [early["event_id"]]
-    client = redis.Redis.from_url(pipeline.settings.redis_url)
+    client = sync_client(pipeline.settings)
     balance = client.get(f"{pipeline.settings.redis_prefix}{{{org}}}:balance")
     assert balance is not None and int(balance) == 8 * 10**9  # 10.00 − 2.00, once
     client.close()

@@ -2,6 +2,8 @@
 -- unless that batch was applied already (G2: the offset is stored with the state).
 --
 -- KEYS[1]  the org's key base, "<prefix>{org_id}"
+-- KEYS[2]  the org's meta hash: declared, not used here (OrgKeys.script_keys: with the base,
+--          never a key itself, Redis Cluster refuses the script while the slot moves)
 -- ARGV     partition, last_offset, account_json, balance_delta_nano_usd,
 --          then six sections, each a count followed by that many field/value pairs:
 --          meta, members, caps, account_ids (event_id → "digest|partition|offset|outcome"),

@@ -2,6 +2,8 @@
 --
 -- KEYS[1]  the org's key base, "<prefix>{org_id}"; every key used derives from it, so
 --          all live in one Redis Cluster hash slot.
+-- KEYS[2]  the org's meta hash: declared, not used here (OrgKeys.script_keys: with the base,
+--          never a key itself, Redis Cluster refuses the script while the slot moves)
 -- ARGV[1]  source partition
 -- ARGV[2]  the months whose marks an event of the batch may have, each with when Redis
 --          drops them: "YYYY-MM=<unix seconds>,..." (metering/enforcement/usage_marks.py)

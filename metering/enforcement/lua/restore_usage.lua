@@ -9,6 +9,8 @@
 -- rebuild.py), so a month's duplicates are recognised until the end of the rebuild.
 --
 -- KEYS[1]  the org's key base
+-- KEYS[2]  the org's meta hash: declared, not used here (OrgKeys.script_keys: with the base,
+--          never a key itself, Redis Cluster refuses the script while the slot moves)
 -- ARGV     6 values per priced event: mark field (a digest of the event_id), payload
 --          digest, month, user_id, cost, included, followed by the source partition and
 --          offset: 8 in all.
