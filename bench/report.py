@@ -35,6 +35,7 @@ BENCHMARKS = {
     "billing": "billing",
     "notifier": "notifier",
     "marks": "marks",
+    "redis_cluster": "redis_cluster",
 }
 
 Row = tuple[str, str, str]  # what, result, target
@@ -165,6 +166,24 @@ def _marks(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _redis_cluster(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for name in ("single", "cluster"):
+        runs = r["runs"][name]
+        rates = [run["events_per_s"] for run in runs]
+        redis_us = [run["redis_us_per_event"] for run in runs]
+        worker_us = [run["worker_us_per_event"] for run in runs]
+        rows.append(
+            (
+                f"usage processor in-process, Redis {name}",
+                f"{min(rates):,}–{max(rates):,} events/s; worker {min(worker_us)}–"
+                f"{max(worker_us)} µs, Redis {min(redis_us)}–{max(redis_us)} µs per event",
+                "",
+            )
+        )
+    return rows
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "emitter": _emitter,
     "enforcement": _enforcement,
@@ -173,6 +192,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "billing": _billing,
     "notifier": _notifier,
     "marks": _marks,
+    "redis_cluster": _redis_cluster,
 }
 
 
