@@ -48,7 +48,7 @@ LATE_DAYS = 30
 SEED = 15
 
 
-def _org_events(org: str, day: datetime) -> list[dict[str, Any]]:
+def org_events(org: str, day: datetime) -> list[dict[str, Any]]:
     created = {
         "event_id": f"{org}-created",
         "type": "org.created",
@@ -91,7 +91,7 @@ def _records(
 
 
 def _create_orgs(ns: Namespace, orgs: list[str], now: datetime) -> None:
-    events = [e for org in orgs for e in _org_events(org, now)]
+    events = [e for org in orgs for e in org_events(org, now)]
     batch = _records(
         ns.topics.account_events,
         [json.dumps(e).encode() for e in events],

@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.harness import cpu_seconds, record, scratch
+from bench.marks import MEMBERS, org_events
 from metering.enforcement.account_processor import AccountProcessor
 from metering.enforcement.records import SourceRecord
 from metering.enforcement.usage_processor import UsageProcessor
@@ -44,7 +45,6 @@ from metering.stack.redis_server import MAIN_MARKER
 from metering.topics import DEFAULT_TOPICS
 
 ORGS = 40
-MEMBERS = 5
 EVENTS = 100_000
 BATCH = 5_000
 ROUNDS = 2
@@ -79,38 +79,7 @@ def _records(values: list[bytes], keys: list[str], first_offset: int) -> list[So
 
 def _create_orgs(settings: Settings, orgs: list[str]) -> None:
     now = datetime.now(UTC)
-    events: list[dict[str, Any]] = []
-    for org in orgs:
-        events.append(
-            {
-                "event_id": f"{org}-created",
-                "type": "org.created",
-                "org_id": org,
-                "occurred_at": now.isoformat(),
-                "actor": None,
-                "data": {
-                    "plan": "usage_based",
-                    "billing_mode": "sales_assisted",
-                    "term_start": now.date().replace(day=1).isoformat(),
-                    "seats": {"enterprise": MEMBERS},
-                },
-            }
-        )
-        events += [
-            {
-                "event_id": f"{org}-member-{n}",
-                "type": "member.added",
-                "org_id": org,
-                "occurred_at": now.isoformat(),
-                "actor": None,
-                "data": {
-                    "user_id": f"u{n}",
-                    "role": "primary_owner" if n == 0 else "member",
-                    "seat_type": "enterprise",
-                },
-            }
-            for n in range(MEMBERS)
-        ]
+    events = [e for org in orgs for e in org_events(org, now)]
     stamp = int(now.timestamp() * 1000)
     batch = [
         SourceRecord(

@@ -158,6 +158,33 @@ def expected_state(reference: Reference, month: str) -> dict[str, Any]:
     return {org: (reference.spend_hash(org, month), o.balance) for org, o in reference.orgs.items()}
 
 
+def assert_outputs_match(
+    pipeline: Pipeline, reference: Reference, usage: list[dict[str, Any]]
+) -> None:
+    """Every event accounted for: priced (once per id), dead-lettered, or a duplicate."""
+    pipeline.wait_for(
+        lambda p: (
+            {e["event"]["event_id"] for e in p.priced()} == reference.accepted
+            and len({(d["source_partition"], d["source_offset"]) for d in p.dead()})
+            == reference.dead
+        ),
+        timeout_s=120,
+        what="outputs to match the reference",
+    )
+    assert len(reference.accepted) + reference.dead + reference.duplicates == len(usage)
+
+
+def assert_thresholds_notified(pipeline: Pipeline, reference: Reference, month: str) -> None:
+    """Each threshold reached was notified, under one id each (a replay after a kill may
+    publish an id again; consumers drop repeats by notification_id)."""
+    expected = reference.thresholds_reached(month)
+    pipeline.wait_for(
+        lambda p: threshold_notifications(p) == expected,
+        timeout_s=60,
+        what="threshold notifications to match the reference",
+    )
+
+
 def workload_time() -> datetime:
     """A minute ago, and far enough from a month boundary that the whole workload (up to
     ten minutes back) lies inside one month."""
@@ -206,28 +233,9 @@ def test_sigkill_at_random_points_changes_nothing(pipeline: Pipeline) -> None:
     print(f"caught up {time.monotonic() - started:.1f} s after the last restart")
     assert redis_state(pipeline, reference, month) == expected_state(reference, month), SEED
 
-    # …and every event is accounted for: priced (once per id), dead-lettered, or a duplicate
-    def distinct_dead(p: Pipeline) -> set[tuple[int, int]]:
-        return {(d["source_partition"], d["source_offset"]) for d in p.dead()}
-
-    pipeline.wait_for(
-        lambda p: (
-            {e["event"]["event_id"] for e in p.priced()} == reference.accepted
-            and len(distinct_dead(p)) == reference.dead
-        ),
-        timeout_s=120,
-        what="outputs to match the reference",
-    )
-    assert len(reference.accepted) + reference.dead + reference.duplicates == len(usage)
-
-    # …and each threshold reached was notified, under one id each (a replay after a kill
-    # may publish an id again; consumers drop repeats by notification_id)
-    expected_thresholds = reference.thresholds_reached(month)
-    pipeline.wait_for(
-        lambda p: threshold_notifications(p) == expected_thresholds,
-        timeout_s=60,
-        what="threshold notifications to match the reference",
-    )
+    # …and every event is accounted for, and each threshold reached was notified once
+    assert_outputs_match(pipeline, reference, usage)
+    assert_thresholds_notified(pipeline, reference, month)
 
 
 def test_a_worker_killed_mid_stream_hands_over_without_loss_or_double_count(
@@ -305,13 +313,4 @@ def test_a_worker_joining_and_leaving_while_events_flow_changes_nothing(
     # Then the remaining worker catches up and Redis equals the reference exactly
     pipeline.wait_caught_up()
     assert redis_state(pipeline, reference, month) == expected_state(reference, month), SEED
-    pipeline.wait_for(
-        lambda p: (
-            {e["event"]["event_id"] for e in p.priced()} == reference.accepted
-            and len({(d["source_partition"], d["source_offset"]) for d in p.dead()})
-            == reference.dead
-        ),
-        timeout_s=120,
-        what="outputs to match the reference",
-    )
-    assert len(reference.accepted) + reference.dead + reference.duplicates == len(usage)
+    assert_outputs_match(pipeline, reference, usage)

@@ -42,11 +42,12 @@ from tests.e2e.reference import ALLOWANCE, Reference
 # Collected again here, on this module's `pipeline` fixture (the cluster's).
 from tests.e2e.test_crash_safety import (  # noqa: F401
     SEED,
+    assert_outputs_match,
+    assert_thresholds_notified,
     build_workload,
     expected_state,
     redis_state,
     test_sigkill_at_random_points_changes_nothing,
-    threshold_notifications,
     workload_time,
 )
 from tests.e2e.test_enforcement import (  # noqa: F401
@@ -127,21 +128,8 @@ def _check_against_reference(
     retried = pipeline.log_path.read_text(errors="replace").count("failed in Redis")
     print(f"usage batches the worker retried in Redis: {retried}")
     assert redis_state(pipeline, reference, month) == expected_state(reference, month), SEED
-    pipeline.wait_for(
-        lambda p: (
-            {e["event"]["event_id"] for e in p.priced()} == reference.accepted
-            and len({(d["source_partition"], d["source_offset"]) for d in p.dead()})
-            == reference.dead
-        ),
-        timeout_s=120,
-        what="outputs to match the reference",
-    )
-    assert len(reference.accepted) + reference.dead + reference.duplicates == len(usage)
-    pipeline.wait_for(
-        lambda p: threshold_notifications(p) == reference.thresholds_reached(month),
-        timeout_s=60,
-        what="threshold notifications to match the reference",
-    )
+    assert_outputs_match(pipeline, reference, usage)
+    assert_thresholds_notified(pipeline, reference, month)
     answers = {
         (org, user): pipeline.gate(org, user)
         for org, ref in reference.orgs.items()
