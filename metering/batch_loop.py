@@ -331,19 +331,6 @@ class BatchLoop:
         self._committed.clear()
         if self._handing_over:
             self.abandoned = True
-        self._resume_revoked()
-
-    def _resume_revoked(self) -> None:
-        """Resume what a wait paused, while the partitions are still assigned: librdkafka
-        keeps a partition's pause across a rebalance, so one revoked while paused and
-        assigned back — the same worker rejoining after its group session timed out, as
-        when a broker holding the group's coordinator dies — would never be fetched
-        again (seen: a worker idle for good, its lag never falling)."""
-        if self._paused:
-            try:
-                self._consumer.resume(self._paused)
-            except KafkaException as exc:  # already gone: nothing stays paused then
-                log.debug("resuming revoked partitions not needed (%s)", exc)
         self._paused = []
 
     def drain(self) -> None:

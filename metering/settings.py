@@ -118,17 +118,7 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(
         default=12, ge=1, le=1000, description="partitions of each topic when `stack up` creates it"
     )
-    kafka_heap: str = Field(
-        default="768m", description="JVM heap of the local broker (of each, with several)"
-    )
-    kafka_brokers: int = Field(
-        default=1,
-        ge=1,
-        le=5,
-        description="brokers `metering stack up` runs (KRaft, each also a controller voter; "
-        "node n at the bootstrap port + 10 × (n − 1)): 1, or 3 or more, when topics get 3 "
-        "replicas and `min.insync.replicas=2`",
-    )
+    kafka_heap: str = Field(default="768m", description="JVM heap of the local broker")
     renewal_check_seconds: float = Field(
         default=60.0,
         ge=0,
@@ -178,17 +168,6 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"METERING_REDIS_URL {self.redis_url!r} selects database {db}, but a Redis "
                 "Cluster (METERING_REDIS_CLUSTER=true) has only database 0: end the URL with /0"
-            )
-        return self
-
-    @model_validator(mode="after")
-    def _no_two_brokers(self) -> Self:
-        # Two nodes are two controller voters, both needed for a quorum, and each write
-        # needs both replicas: a cluster that survives the loss of neither.
-        if self.kafka_brokers == 2:
-            raise ValueError(
-                "METERING_KAFKA_BROKERS=2 makes a Kafka cluster that stops when either broker "
-                "is lost: use 1, or 3 to survive losing one"
             )
         return self
 

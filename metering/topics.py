@@ -17,7 +17,6 @@ from confluent_kafka.admin import AdminClient
 
 # Re-exported by confluent_kafka.admin without types; these modules carry them.
 from confluent_kafka.admin._config import AlterConfigOpType, ConfigEntry, ConfigResource
-from confluent_kafka.admin._metadata import BrokerMetadata, ClusterMetadata
 from confluent_kafka.admin._resource import ResourceType
 from confluent_kafka.cimpl import NewTopic  # re-exported by .admin, but untyped there
 
@@ -192,147 +191,38 @@ def ensure_topics(
     processes race (TOPIC_ALREADY_EXISTS is success)."""
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [spec for spec in specs if spec.name not in existing]
-    created = _create(admin, missing, partitions, timeout_s)
-    _align_configs(admin, [spec for spec in specs if spec not in missing], timeout_s)
-    # A topic another process created meanwhile has whatever partitions it asked for.
-    counts = wait_until_every_broker_knows(
-        admin,
-        {spec.name: partitions if spec.name in created else None for spec in specs},
-        timeout_s,
-    )
-    return [TopicState(spec.name, counts[spec.name], spec.name in created) for spec in specs]
-
-
-def _create(
-    admin: AdminClient, specs: list[TopicSpec], partitions: int, timeout_s: float
-) -> set[str]:
-    """Create `specs` with the broker's default replication; returns the names this call
-    created (not those another process created first)."""
-    if not specs:
-        return set()
-    futures = admin.create_topics(
-        [
-            NewTopic(
-                spec.name, num_partitions=partitions, replication_factor=-1, config=spec.config
-            )
-            for spec in specs
-        ],
-        operation_timeout=timeout_s,
-        request_timeout=timeout_s,
-    )
-    created = set()
-    for name, future in futures.items():
-        try:
-            future.result()
-            created.add(name)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise
-    return created
-
-
-# -- every broker knows the topics ----------------------------------------------------
-METADATA_POLL_S = 0.1
-
-
-def _lacks(metadata: ClusterMetadata, name: str, partitions: int | None) -> str:
-    """What `metadata` lacks of topic `name` ("" if nothing): the topic, its `partitions`
-    partitions (any number if None, but at least one), or a leader for one of them."""
-    topic = metadata.topics.get(name)
-    if topic is None or topic.error is not None:
-        return f"{name} ({topic.error.str() if topic and topic.error else 'unknown'})"
-    found = sorted(topic.partitions)
-    if not found or found != list(range(partitions or len(found))):
-        return f"{name} ({len(found)} of {partitions or '≥ 1'} partitions)"
-    for p in found:
-        partition = topic.partitions[p]
-        if partition.error is not None or partition.leader not in metadata.brokers:
-            return f"{name} (no leader for partition {p})"
-    return ""
-
-
-def _sender(metadata: ClusterMetadata) -> int:
-    """The node id of the broker that sent `metadata` (-1: not known). librdkafka names
-    it "host:port/<node id>", or "host:port/bootstrap" before it has learned the id
-    ("proto://" first unless plaintext)."""
-    if metadata.orig_broker_id >= 0:
-        return int(metadata.orig_broker_id)
-    address = (metadata.orig_broker_name or "").rsplit("/", 1)[0].split("://")[-1]
-    found = (b.id for b in metadata.brokers.values() if f"{b.host}:{b.port}" == address)
-    return int(next(found, -1))
-
-
-class _Survey:
-    """What each broker's own metadata lacks of the `wanted` topics. librdkafka sends a
-    metadata request to whichever broker it picks — a client bootstrapped with one
-    broker's address was seen answered by another — so every answer is filed under the
-    broker that sent it, and each broker not heard from with everything is asked again
-    through a client bootstrapped with its address (a new one when another answered)."""
-
-    def __init__(self, brokers: dict[int, BrokerMetadata], wanted: dict[str, int | None]):
-        self.wanted = wanted
-        self.addresses = {node: f"{b.host}:{b.port}" for node, b in brokers.items()}
-        self.lacks = dict.fromkeys(brokers, "not heard from")
-        self._clients: dict[int, AdminClient] = {}  # made when first needed
-
-    def _client(self, node: int, fresh: bool = False) -> AdminClient:
-        if fresh or node not in self._clients:
-            self._clients[node] = admin_client(self.addresses[node])
-        return self._clients[node]
-
-    def file(self, metadata: ClusterMetadata) -> int:
-        """Record what the sender of `metadata` lacks; returns its node id."""
-        sender = _sender(metadata)
-        if len(self.lacks) == 1:  # the one broker (its bootstrap name may be another)
-            sender = next(iter(self.lacks))
-        if sender in self.lacks:
-            missing = (_lacks(metadata, name, count) for name, count in self.wanted.items())
-            self.lacks[sender] = ", ".join(text for text in missing if text)
-        return sender
-
-    def ask_again(self, timeout_s: float) -> None:
-        for node in [node for node, lacks in self.lacks.items() if lacks]:
+    if missing:
+        futures = admin.create_topics(
+            [
+                NewTopic(
+                    spec.name, num_partitions=partitions, replication_factor=-1, config=spec.config
+                )
+                for spec in missing
+            ],
+            operation_timeout=timeout_s,
+            request_timeout=timeout_s,
+        )
+        for future in futures.values():
             try:
-                sender = self.file(self._client(node).list_topics(timeout=timeout_s))
+                future.result()
             except KafkaException as exc:
-                self.lacks[node] = f"no answer ({exc.args[0].str()})"
-                continue
-            if sender != node:  # a new client may well ask its bootstrap broker
-                self._client(node, fresh=True)
-
-    def missing(self) -> str:
-        return "; ".join(f"{self.addresses[n]}: {text}" for n, text in self.lacks.items() if text)
-
-
-def wait_until_every_broker_knows(
-    admin: AdminClient, wanted: dict[str, int | None], timeout_s: float
-) -> dict[str, int]:
-    """Wait until every broker's metadata has each topic of `wanted` (name → partitions,
-    or None for any number) with all its partitions and a leader for each; returns the
-    partition counts. Creating a topic returns once the controller has it; each broker
-    learns it a moment later, and meanwhile answers UNKNOWN_TOPIC_OR_PART (a
-    describe_configs, a produce, a consumer's metadata) or lists it without partitions.
-    One broker: its answers through `admin`, so the single-node path stays one round
-    trip. Raises TimeoutError naming what each broker lacks."""
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+    _align_configs(admin, [spec for spec in specs if spec not in missing], timeout_s)
+    created = {spec.name for spec in missing}
+    # A new topic's metadata reaches the broker's cache a moment after creation.
     deadline = time.monotonic() + timeout_s
-    metadata = admin.list_topics(timeout=timeout_s)
-    survey = _Survey(metadata.brokers, wanted)
-    survey.file(metadata)
-    while missing := survey.missing():
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s).topics
+        if all(spec.name in metadata and metadata[spec.name].partitions for spec in specs):
+            break
         if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"topics not known to every broker after {timeout_s:.0f} s: {missing}"
-            )
-        time.sleep(METADATA_POLL_S)
-        remaining = max(deadline - time.monotonic(), 0.1)
-        if len(survey.lacks) == 1:
-            metadata = admin.list_topics(timeout=remaining)
-            survey.file(metadata)
-        else:
-            survey.ask_again(min(remaining, 5.0))
-    if len(survey.lacks) > 1:  # counts from a broker that knows every topic
-        metadata = admin.list_topics(timeout=timeout_s)
-    return {name: len(metadata.topics[name].partitions) for name in wanted}
+            raise TimeoutError(f"topics not visible after {timeout_s} s")
+        time.sleep(0.1)
+    return [
+        TopicState(spec.name, len(metadata[spec.name].partitions), spec.name in created)
+        for spec in specs
+    ]
 
 
 BROKER_RETRY_S = 2.0

@@ -54,17 +54,6 @@ def _settings(**overrides: Any) -> Settings:
         fail("; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors()))
 
 
-BrokersOption = Annotated[
-    int | None,
-    typer.Option(
-        "--kafka-brokers",
-        help="run this many Kafka brokers (1, or 3 for a cluster that survives losing one: "
-        "KRaft nodes at the bootstrap port + 10 × (n − 1), three replicas per partition, "
-        "min.insync.replicas=2); default METERING_KAFKA_BROKERS",
-    ),
-]
-
-
 @app.command()
 def up(
     redis_cluster: Annotated[
@@ -76,20 +65,13 @@ def up(
             "METERING_REDIS_CLUSTER=true",
         ),
     ] = False,
-    kafka_brokers: BrokersOption = None,
 ) -> None:
     """Start Kafka and Redis unless they already answer, then create missing topics.
 
     With --redis-cluster (or METERING_REDIS_CLUSTER=true), Redis is a local Redis Cluster
     of six nodes at METERING_REDIS_URL's port and the five above, formed on the first start
-    (`redis-cli --cluster create`); `down` and `status` find its nodes without the flag.
-
-    With --kafka-brokers 3 (or METERING_KAFKA_BROKERS=3), Kafka is three KRaft nodes, each
-    a broker and a controller voter; a node that is down is started again."""
-    overrides: dict[str, Any] = {"redis_cluster": True} if redis_cluster else {}
-    if kafka_brokers is not None:
-        overrides["kafka_brokers"] = kafka_brokers
-    settings = _settings(**overrides)
+    (`redis-cli --cluster create`); `down` and `status` find its nodes without the flag."""
+    settings = _settings(redis_cluster=True) if redis_cluster else _settings()
     try:
         with console.status("starting the local stack…"):
             components, topics = LocalStack(settings).up()
@@ -101,8 +83,7 @@ def up(
 
 @app.command()
 def down() -> None:
-    """Stop what `up` started (data under var/ is kept), Redis Cluster nodes and every
-    broker of a Kafka cluster included."""
+    """Stop what `up` started (data under var/ is kept), Redis Cluster nodes included."""
     try:
         rows = LocalStack(_settings()).down()
     except StackError as exc:
@@ -111,11 +92,10 @@ def down() -> None:
 
 
 @app.command()
-def status(kafka_brokers: BrokersOption = None) -> None:
+def status() -> None:
     """Show each component, its state and endpoint. Exit code 1 if Kafka or Redis is down."""
-    settings = _settings() if kafka_brokers is None else _settings(kafka_brokers=kafka_brokers)
     try:
-        rows = LocalStack(settings).status()
+        rows = LocalStack(_settings()).status()
     except StackError as exc:
         fail(str(exc))
     console.print(_components_table(rows))

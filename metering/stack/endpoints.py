@@ -29,9 +29,8 @@ class Endpoint:
 
 
 def kafka_endpoint(bootstrap: str) -> Endpoint:
-    """The first bootstrap server: the single local broker, or node 1 of a local cluster
-    (METERING_KAFKA_BROKERS; its other nodes are at this port + 10 × (n − 1)); a remote
-    one is never started by the local stack."""
+    """The first bootstrap server. A list of several means a real cluster, never started
+    by the local stack."""
     first = bootstrap.split(",", maxsplit=1)[0].strip()
     host, sep, port = first.rpartition(":")
     if not sep or not port.isdigit():

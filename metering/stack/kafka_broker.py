@@ -1,13 +1,7 @@
-"""Apache Kafka 4 brokers in KRaft mode (broker + controller in one JVM each): one node,
-or a cluster of several (`METERING_KAFKA_BROKERS`, `metering stack up --kafka-brokers 3`)
-whose nodes are also the controller quorum's voters.
+"""A single-node Apache Kafka 4 broker in KRaft mode (broker + controller in one JVM).
 
 The jars come from Maven Central through the pinned `kafka-broker-pom.xml`, resolved once
-into a cache shared by every stack on the machine; storage is formatted on first start
-(every node of a cluster with the same cluster id).
-
-Ports: node n listens at the bootstrap port + NODE_PORT_STEP × (n − 1) and its controller
-one port above that (one node: 9092 and 9093; three: 9092/9093, 9102/9103, 9112/9113).
+into a cache shared by every stack on the machine; storage is formatted on first start.
 """
 
 from __future__ import annotations
@@ -26,8 +20,6 @@ from metering.stack.endpoints import Endpoint
 from metering.stack.process import StackError
 
 MAIN_CLASS = "kafka.Kafka"
-NODE_PORT_STEP = 10
-HOST = "127.0.0.1"  # every node binds IPv4 loopback
 _POM = resources.files("metering.stack") / "kafka-broker-pom.xml"
 _LOG4J2 = resources.files("metering.stack") / "log4j2.properties"
 MIN_JAVA = 17
@@ -101,7 +93,7 @@ def resolve_classpath() -> Path:
     return lib
 
 
-def new_cluster_id() -> str:
+def _cluster_id() -> str:
     # Kafka's own format: 16 random bytes, URL-safe base64 without padding, and (like
     # Kafka's generator) never starting with '-', which its CLI would read as an option.
     while True:
@@ -110,35 +102,11 @@ def new_cluster_id() -> str:
             return text
 
 
-def node_port(bootstrap_port: int, node_id: int) -> int:
-    return bootstrap_port + NODE_PORT_STEP * (node_id - 1)
-
-
-def cluster_home(var_dir: Path) -> Path:
-    """Where the nodes of a several-broker stack keep their data (one node: var/kafka)."""
-    return var_dir / "kafka-cluster"
-
-
-def cluster_bootstrap(bootstrap_port: int, nodes: int) -> str:
-    """Every node's address, for METERING_KAFKA_BOOTSTRAP: a client then starts while any
-    one of them is down."""
-    return ",".join(f"{HOST}:{node_port(bootstrap_port, n)}" for n in range(1, nodes + 1))
-
-
 class KafkaBroker:
-    """Node `node_id` (1-based) of a stack of `nodes` brokers; the defaults are the
-    single-node broker under var/kafka."""
-
-    def __init__(
-        self, var_dir: Path, endpoint: Endpoint, heap: str, node_id: int = 1, nodes: int = 1
-    ) -> None:
-        self.node_id, self.nodes = node_id, nodes
-        self.home = var_dir / "kafka" if nodes == 1 else cluster_home(var_dir) / f"node-{node_id}"
-        self.endpoint = Endpoint(endpoint.host, node_port(endpoint.port, node_id))
-        self.controller_port = self.endpoint.port + 1  # documented in the README
-        self.voters = ",".join(
-            f"{n}@{HOST}:{node_port(endpoint.port, n) + 1}" for n in range(1, nodes + 1)
-        )
+    def __init__(self, var_dir: Path, endpoint: Endpoint, heap: str) -> None:
+        self.home = var_dir / "kafka"
+        self.endpoint = endpoint
+        self.controller_port = endpoint.port + 1  # documented in the README
         self.heap = heap
         self.pid_file = self.home / "broker.pid"
         self.log_file = self.home / "server.log"
@@ -146,25 +114,16 @@ class KafkaBroker:
         self.config_file = self.home / "server.properties"
         self.data_dir = self.home / "data"
 
-    @property
-    def name(self) -> str:
-        return "kafka" if self.nodes == 1 else f"kafka-{self.node_id}"
-
     def write_config(self) -> None:
-        host = HOST
-        # Three copies of every partition when there are three nodes or more, and a write
-        # is acknowledged (acks=all) once two of them have it: one node can be lost without
-        # losing an acknowledged write or refusing new ones. One node: one copy.
-        replicas = min(self.nodes, 3)
-        in_sync = min(replicas, 2)
+        host = "127.0.0.1"
         self.home.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(
             "\n".join(
                 [
                     "# Written by `metering stack up`; edits are overwritten.",
                     "process.roles=broker,controller",
-                    f"node.id={self.node_id}",
-                    f"controller.quorum.voters={self.voters}",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@{host}:{self.controller_port}",
                     f"listeners=PLAINTEXT://{host}:{self.endpoint.port},"
                     f"CONTROLLER://{host}:{self.controller_port}",
                     f"advertised.listeners=PLAINTEXT://{host}:{self.endpoint.port}",
@@ -172,17 +131,12 @@ class KafkaBroker:
                     "inter.broker.listener.name=PLAINTEXT",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                     f"log.dirs={self.data_dir.resolve()}",
-                    # The internal topics (consumer offsets, transactions, share groups) are
-                    # replicated like ours: a group's coordinator survives losing its broker.
-                    f"offsets.topic.replication.factor={replicas}",
-                    f"transaction.state.log.replication.factor={replicas}",
-                    f"transaction.state.log.min.isr={in_sync}",
-                    f"share.coordinator.state.topic.replication.factor={replicas}",
-                    f"share.coordinator.state.topic.min.isr={in_sync}",
-                    # What the topics `stack up` and the tests create get: they ask for the
-                    # broker's default (replication_factor=-1).
-                    f"default.replication.factor={replicas}",
-                    f"min.insync.replicas={in_sync}",
+                    # One node: every internal topic has a single replica.
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
                     # Test consumer groups should not wait 3 s for peers that never come.
                     "group.initial.rebalance.delay.ms=0",
                     # A mistyped topic name must fail loudly, not create a new topic.
@@ -193,7 +147,7 @@ class KafkaBroker:
             )
         )
 
-    def format_storage_once(self, java: str, classpath: Path, cluster_id: str) -> bool:
+    def format_storage_once(self, java: str, classpath: Path) -> bool:
         """Format the log dir on first start; True if it did. Re-formatting would erase
         the log of record, so an existing `meta.properties` is never touched."""
         if (self.data_dir / "meta.properties").exists():
@@ -206,7 +160,7 @@ class KafkaBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--cluster-id",
-                cluster_id,
+                _cluster_id(),
                 "--config",
                 str(self.config_file),
             ],

@@ -7,17 +7,10 @@ only starts, and stops, what it started itself (recorded in pid files under `var
 With METERING_REDIS_CLUSTER, Redis is a local Redis Cluster of six nodes
 (metering/stack/redis_cluster.py) instead of one server; `down` stops any such nodes it
 finds, with or without the setting.
-
-With METERING_KAFKA_BROKERS=3 (or more), Kafka is a cluster of that many KRaft nodes
-under var/kafka-cluster/ (metering/stack/kafka_broker.py) instead of one broker; `down`
-and `status` find its nodes with or without the setting, like the Redis Cluster's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,14 +20,7 @@ import redis
 
 from metering.settings import Settings
 from metering.stack.endpoints import Endpoint, kafka_endpoint, redis_endpoint
-from metering.stack.kafka_broker import (
-    MAIN_CLASS,
-    KafkaBroker,
-    check_java,
-    cluster_home,
-    new_cluster_id,
-    resolve_classpath,
-)
+from metering.stack.kafka_broker import MAIN_CLASS, KafkaBroker, check_java, resolve_classpath
 from metering.stack.process import (
     StackError,
     port_open,
@@ -58,9 +44,6 @@ from metering.stack.redis_server import (
     running_port,
 )
 from metering.topics import TopicState, admin_client, ensure_topics
-
-# Metadata probes of a broker that is starting: short, they are repeated.
-PROBE_TIMEOUT_S = 2.0
 
 KAFKA_START_TIMEOUT_S = 90.0
 REDIS_START_TIMEOUT_S = 20.0
@@ -94,53 +77,12 @@ class LocalStack:
         self.kafka_endpoint = kafka_endpoint(settings.kafka_bootstrap)
         self.redis_endpoint = redis_endpoint(settings.redis_url)
         self.kafka = KafkaBroker(settings.var_dir, self.kafka_endpoint, settings.kafka_heap)
-        # The nodes of a Kafka cluster (METERING_KAFKA_BROKERS > 1); none with one broker.
-        self.kafka_cluster = self._cluster_nodes(settings.kafka_brokers)
         self.redis = RedisServer(settings.var_dir, self.redis_endpoint)
         self.redis_cluster = LocalRedisCluster(settings.var_dir, self.redis_endpoint)
-
-    def _cluster_nodes(self, count: int) -> list[KafkaBroker]:
-        if count <= 1:
-            return []
-        return [
-            KafkaBroker(
-                self.settings.var_dir, self.kafka_endpoint, self.settings.kafka_heap, n, count
-            )
-            for n in range(1, count + 1)
-        ]
 
     # -- queries ---------------------------------------------------------------
     def _kafka_pid(self) -> int | None:
         return read_pid(self.kafka.pid_file, MAIN_CLASS)
-
-    def node_pid(self, node: KafkaBroker) -> int | None:
-        return read_pid(node.pid_file, MAIN_CLASS)
-
-    def _kafka_cluster_found(self) -> list[KafkaBroker]:
-        """The nodes of a Kafka cluster this stack formed under var/ (one folder each),
-        whatever METERING_KAFKA_BROKERS says now: `down` must stop every node that
-        `up --kafka-brokers N` started."""
-        home = cluster_home(self.settings.var_dir)
-        count = len(list(home.glob("node-*/server.properties"))) if home.exists() else 0
-        return self.kafka_cluster if count <= 1 else self._cluster_nodes(count)
-
-    def _kafka_cluster_in_view(self) -> list[KafkaBroker]:
-        """The configured cluster's nodes, or those found running without the setting."""
-        if self.kafka_cluster:
-            return self.kafka_cluster
-        return [node for node in self._kafka_cluster_found() if self.node_pid(node) is not None]
-
-    def _brokers_seen(self, node: KafkaBroker) -> int:
-        """How many brokers `node`'s own metadata lists (0: it does not answer)."""
-        endpoint = node.endpoint
-        if not port_open(endpoint.connect_host, endpoint.port):
-            return 0
-        try:
-            address = f"{endpoint.connect_host}:{endpoint.port}"
-            metadata = admin_client(address).list_topics(timeout=PROBE_TIMEOUT_S)
-        except Exception:
-            return 0
-        return len(metadata.brokers)
 
     def _redis_pid(self) -> int | None:
         return read_pid(self.redis.pid_file, MAIN_MARKER)
@@ -157,7 +99,7 @@ class LocalStack:
         if not port_open(self.kafka_endpoint.connect_host, self.kafka_endpoint.port):
             return False
         try:
-            admin_client(self.settings.kafka_bootstrap).list_topics(timeout=PROBE_TIMEOUT_S)
+            admin_client(self.settings.kafka_bootstrap).list_topics(timeout=2)
         except Exception:
             return False
         return True
@@ -168,8 +110,16 @@ class LocalStack:
         return State.EXTERNAL if answers else State.DOWN
 
     def status(self) -> list[ComponentStatus]:
+        kafka_pid = self._kafka_pid()
+        kafka_state = self._state(kafka_pid, self._kafka_answers())
         return [
-            *self._kafka_status(),
+            ComponentStatus(
+                "kafka",
+                kafka_state,
+                str(self.kafka_endpoint),
+                kafka_pid,
+                f"log {self.kafka.log_file}" if kafka_pid else "",
+            ),
             *self._redis_status(),
             ComponentStatus(
                 "clickhouse",
@@ -177,33 +127,6 @@ class LocalStack:
                 self.settings.resolved_clickhouse_url,
             ),
         ]
-
-    def _kafka_status(self) -> list[ComponentStatus]:
-        """The single broker, unless a cluster is configured or runs (then only if this
-        stack's single broker runs anyway), and a row per cluster node."""
-        kafka_pid = self._kafka_pid()
-        nodes = self._kafka_cluster_in_view()
-        rows = [self._broker_status(node) for node in nodes]
-        if kafka_pid is None and nodes:
-            return rows
-        single = ComponentStatus(
-            "kafka",
-            self._state(kafka_pid, self._kafka_answers()),
-            str(self.kafka_endpoint),
-            kafka_pid,
-            f"log {self.kafka.log_file}" if kafka_pid else "",
-        )
-        return [single, *rows]
-
-    def _broker_status(self, node: KafkaBroker) -> ComponentStatus:
-        pid = self.node_pid(node)
-        return ComponentStatus(
-            node.name,
-            self._state(pid, self._brokers_seen(node) > 0),
-            str(node.endpoint),
-            pid,
-            f"log {node.log_file}" if pid else "",
-        )
 
     def _redis_status(self) -> list[ComponentStatus]:
         """The single Redis, unless the cluster is configured (then only if this stack's
@@ -278,7 +201,7 @@ class LocalStack:
         java = check_java()
         classpath = resolve_classpath()
         self.kafka.write_config()
-        formatted = self.kafka.format_storage_once(java, classpath, new_cluster_id())
+        formatted = self.kafka.format_storage_once(java, classpath)
         pid = spawn(
             self.kafka.command(java, classpath), self.kafka.stdout_file, self.kafka.pid_file
         )
@@ -295,69 +218,6 @@ class LocalStack:
             pid,
             "storage formatted" if formatted else "",
         )
-
-    def _refuse_kafka_cluster_running(self) -> None:
-        running = [n for n in self._kafka_cluster_found() if self.node_pid(n) is not None]
-        if running:
-            raise StackError(
-                f"the {len(running)}-broker Kafka cluster this stack started runs "
-                f"({cluster_home(self.settings.var_dir)}): stop it (`metering stack down`), "
-                f"or set METERING_KAFKA_BROKERS={running[0].nodes} to use it"
-            )
-
-    def _cluster_id(self) -> str:
-        """The cluster's id, made on its first start and kept: every node is formatted
-        with it, also one whose storage is formatted later."""
-        id_file = cluster_home(self.settings.var_dir) / "cluster.id"
-        if not id_file.exists():
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(new_cluster_id() + "\n")
-        return id_file.read_text().strip()
-
-    def _up_kafka_cluster(self) -> list[ComponentStatus]:
-        """Start every node of the cluster that is not running, then wait until each
-        answers and sees all of them (registered with the quorum, not fenced)."""
-        nodes = self.kafka_cluster
-        for node in nodes:
-            self._refuse_remote("Kafka", node.endpoint)
-        if self._kafka_pid() is not None:
-            raise StackError(
-                f"this stack's single Kafka broker runs on {self.kafka_endpoint}: stop it "
-                f"(`metering stack down`) before starting a cluster of {len(nodes)} (its "
-                f"data stays in {self.kafka.home})"
-            )
-        down = [n for n in nodes if self.node_pid(n) is None and self._brokers_seen(n) == 0]
-        started: dict[str, tuple[int, bool]] = {}  # name → (pid, storage formatted)
-        if down:
-            java, classpath, cluster_id = check_java(), resolve_classpath(), self._cluster_id()
-            for node in down:
-                node.write_config()
-                formatted = node.format_storage_once(java, classpath, cluster_id)
-                pid = spawn(node.command(java, classpath), node.stdout_file, node.pid_file)
-                started[node.name] = (pid, formatted)
-        wait_until(
-            lambda: all(self._brokers_seen(node) >= len(nodes) for node in nodes),
-            KAFKA_START_TIMEOUT_S,
-            f"{len(nodes)} Kafka brokers (logs under {cluster_home(self.settings.var_dir)})",
-            lambda: all(self.node_pid(node) is not None for node in down),
-        )
-        return [self._node_started(node, started.get(node.name)) for node in nodes]
-
-    def _node_started(self, node: KafkaBroker, started: tuple[int, bool] | None) -> ComponentStatus:
-        if started is None:
-            return self._broker_status(node)
-        pid, formatted = started
-        detail = "storage formatted" if formatted else ""
-        return ComponentStatus(node.name, State.STARTED, str(node.endpoint), pid, detail)
-
-    def up_kafka(self) -> list[ComponentStatus]:
-        """Start Kafka (one broker, or the nodes of a cluster with METERING_KAFKA_BROKERS
-        > 1) unless it answers; a cluster node that is down is started again. Safe to
-        repeat."""
-        if self.kafka_cluster:
-            return self._up_kafka_cluster()
-        self._refuse_kafka_cluster_running()
-        return [self._up_kafka()]
 
     def _up_redis(self) -> ComponentStatus:
         pid = self._redis_pid()
@@ -433,23 +293,30 @@ class LocalStack:
 
     def up(self) -> tuple[list[ComponentStatus], list[TopicState]]:
         """Start what is not running, then create missing topics. Safe to repeat."""
-        components = [*self.up_kafka(), *self.up_redis()]
-        try:
-            topics = ensure_topics(
-                admin_client(self.settings.kafka_bootstrap),
-                self.settings.topic_partitions,
-                self.settings.topics.specs(),  # under METERING_TOPIC_NAMESPACE, if set
-            )
-        except TimeoutError as exc:  # one line for the CLI, naming what is missing where
-            raise StackError(str(exc)) from exc
+        components = [self._up_kafka(), *self.up_redis()]
+        topics = ensure_topics(
+            admin_client(self.settings.kafka_bootstrap),
+            self.settings.topic_partitions,
+            self.settings.topics.specs(),  # under METERING_TOPIC_NAMESPACE, if set
+        )
         return components, topics
 
     # -- down ------------------------------------------------------------------
     def down(self, components: frozenset[str] = ALL_COMPONENTS) -> list[ComponentStatus]:
         """Stop what this stack started (of `components`); leave external services alone.
-        Cluster nodes are found by their pid files or folders, so they stop even without
-        METERING_REDIS_CLUSTER or METERING_KAFKA_BROKERS."""
-        kafka = self._down_kafka() if "kafka" in components else []
+        Cluster nodes are found by their pid files, so they stop even without
+        METERING_REDIS_CLUSTER."""
+        kafka = []
+        if "kafka" in components:
+            kafka = [
+                self._down_one(
+                    "kafka",
+                    self.kafka.pid_file,
+                    MAIN_CLASS,
+                    self.kafka_endpoint,
+                    self._kafka_answers,
+                )
+            ]
         # The cluster first: with it stopped, a node at METERING_REDIS_URL's port is not
         # reported as an external single Redis.
         nodes = self._down_redis_cluster() if REDIS_CLUSTER in components else []
@@ -462,37 +329,6 @@ class LocalStack:
             if not self.settings.redis_cluster or row.state is State.STOPPED:
                 single = [row]
         return [*kafka, *single, *nodes]
-
-    def _down_kafka(self) -> list[ComponentStatus]:
-        """Every cluster node found is stopped. Rows: the single broker unless a cluster
-        is configured or was stopped (then only if the single broker ran too), and the
-        cluster's nodes if it is configured or was stopped."""
-        nodes = [
-            row
-            for row in self._stop_kafka_cluster(self._kafka_cluster_found())
-            if self.kafka_cluster or row.state is State.STOPPED
-        ]
-        single = self._down_one(
-            "kafka", self.kafka.pid_file, MAIN_CLASS, self.kafka_endpoint, self._kafka_answers
-        )
-        if single.state is not State.STOPPED and nodes:
-            return nodes
-        return [single, *nodes]
-
-    def _stop_kafka_cluster(self, nodes: list[KafkaBroker]) -> list[ComponentStatus]:
-        """Stop the running nodes, every one signalled before any is waited for: stopped
-        one by one, the last two would shut down after the quorum had lost its majority,
-        and a broker's controlled shutdown waits for a controller's approval."""
-        running = {node.name: pid for node in nodes if (pid := self.node_pid(node)) is not None}
-        for pid in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        rows = []
-        for node in nodes:
-            terminate(node.pid_file, MAIN_CLASS)  # waits for the exit, SIGKILL if it hangs
-            state = State.STOPPED if node.name in running else State.DOWN
-            rows.append(ComponentStatus(node.name, state, str(node.endpoint)))
-        return rows
 
     def _down_one(
         self,

@@ -3,7 +3,6 @@ is never disturbed."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,9 +13,9 @@ from confluent_kafka import Consumer
 from metering.emitter import Emitter
 from metering.settings import Settings
 from metering.stack.endpoints import kafka_endpoint, redis_endpoint
-from metering.stack.kafka_broker import MAIN_CLASS, check_java
+from metering.stack.kafka_broker import check_java
 from metering.stack.local import LocalStack, State
-from metering.stack.process import StackError, spawn
+from metering.stack.process import StackError
 from metering.stack.redis_server import check_redis_server
 from metering.topics import ACCOUNT_EVENTS, TOPICS
 from tests.helpers import body, consume, run_metering
@@ -24,8 +23,6 @@ from tests.helpers import body, consume, run_metering
 # Ports no default service uses; the private broker's controller takes port + 1.
 PRIVATE_KAFKA = "localhost:19192"
 PRIVATE_REDIS = "redis://localhost:16479/0"
-# A cluster's node 1 (no broker runs there: the tests below write configs and fake nodes)
-CLUSTER_BASE = 19392
 
 
 @pytest.fixture
@@ -156,77 +153,3 @@ def test_remote_endpoints_are_never_started() -> None:
     assert not redis_endpoint("rediss://cache.prod:6379/0").is_local
     with pytest.raises(StackError, match="host:port"):
         kafka_endpoint("no-port-here")
-
-
-def _properties(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {key: value for key, value in pairs}
-
-
-def test_cluster_nodes_get_ports_one_quorum_and_three_replicas(tmp_path: Path) -> None:
-    """Three nodes: node n at the bootstrap port + 10 (n − 1), its controller one above,
-    all three voters of one quorum; three replicas, two in sync for a write (internal
-    topics too). One node keeps var/kafka and a single replica."""
-    settings = Settings(
-        var_dir=tmp_path, kafka_bootstrap=f"127.0.0.1:{CLUSTER_BASE}", kafka_brokers=3
-    )
-    nodes = LocalStack(settings).kafka_cluster
-    assert [(n.name, n.endpoint.port, n.controller_port) for n in nodes] == [
-        ("kafka-1", CLUSTER_BASE, CLUSTER_BASE + 1),
-        ("kafka-2", CLUSTER_BASE + 10, CLUSTER_BASE + 11),
-        ("kafka-3", CLUSTER_BASE + 20, CLUSTER_BASE + 21),
-    ]
-    configs = []
-    for node in nodes:
-        node.write_config()
-        configs.append(_properties(node.config_file))
-        assert node.home == tmp_path / "kafka-cluster" / f"node-{node.node_id}"
-    assert [c["node.id"] for c in configs] == ["1", "2", "3"]
-    voters = {c["controller.quorum.voters"] for c in configs}
-    assert voters == {
-        ",".join(f"{n}@127.0.0.1:{CLUSTER_BASE + 10 * (n - 1) + 1}" for n in (1, 2, 3))
-    }
-    for config in configs:
-        for key in (
-            "default.replication.factor",
-            "offsets.topic.replication.factor",
-            "transaction.state.log.replication.factor",
-        ):
-            assert config[key] == "3", key
-        assert config["min.insync.replicas"] == config["transaction.state.log.min.isr"] == "2"
-
-    with pytest.raises(ValueError, match="METERING_KAFKA_BROKERS=2"):  # survives no loss
-        Settings(kafka_brokers=2)
-
-    single = LocalStack(settings.model_copy(update={"kafka_brokers": 1}))
-    assert single.kafka_cluster == []
-    single.kafka.write_config()
-    config = _properties(single.kafka.config_file)
-    assert single.kafka.home == tmp_path / "kafka"
-    assert config["controller.quorum.voters"] == f"1@127.0.0.1:{CLUSTER_BASE + 1}"
-    assert config["default.replication.factor"] == config["min.insync.replicas"] == "1"
-
-
-def test_down_and_status_find_a_cluster_without_the_setting(tmp_path: Path) -> None:
-    """Nodes started by `up --kafka-brokers 3` are shown and stopped by `status` and `down`
-    run without the flag, and a single-broker `up` refuses to start in their way."""
-    settings = Settings(
-        var_dir=tmp_path,
-        kafka_bootstrap=f"127.0.0.1:{CLUSTER_BASE}",
-        kafka_brokers=3,
-        redis_url=PRIVATE_REDIS,
-    )
-    for node in LocalStack(settings).kafka_cluster:  # stand-ins: the broker's marker, asleep
-        node.write_config()
-        sleeper = [sys.executable, "-c", "import time; time.sleep(300)", MAIN_CLASS]
-        spawn(sleeper, node.stdout_file, node.pid_file)
-    plain = LocalStack(settings.model_copy(update={"kafka_brokers": 1}))
-
-    names = ["kafka-1", "kafka-2", "kafka-3"]
-    kafka_rows = [row for row in plain.status() if row.name.startswith("kafka")]
-    assert [(row.name, row.state) for row in kafka_rows] == [(n, State.RUNNING) for n in names]
-    with pytest.raises(StackError, match="METERING_KAFKA_BROKERS=3"):
-        plain.up_kafka()
-    stopped = plain.down(frozenset({"kafka"}))
-    assert [(row.name, row.state) for row in stopped] == [(n, State.STOPPED) for n in names]
-    assert all(plain.node_pid(node) is None for node in LocalStack(settings).kafka_cluster)
